@@ -1,0 +1,652 @@
+//! `format`, `verify` and `dump` over files and block devices, with the
+//! semantics of `veritysetup`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tracing::debug;
+use uuid::Uuid;
+
+use super::error::{Corruption, VerityError, io_err};
+use super::geometry::{HashAreaLayout, TreeGeometry};
+use super::hasher::BlockHasher;
+use super::params::{BlockSize, HashAlgorithm, RootHash, Salt, TreeParams};
+use super::superblock::{SUPERBLOCK_SIZE, Superblock};
+use super::tree::{HashTree, HashTreeBuilder};
+
+/// Data is hashed in batches of this many bytes (see [`batches`]).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Parameters given by the caller. For `format`, unset values take the
+/// `veritysetup` defaults (sha256, 4096-byte blocks, a random 32-byte salt, a
+/// random UUID). For `verify` with a superblock, the superblock provides them
+/// and any value given here must agree with it.
+#[derive(Debug, Clone, Default)]
+pub struct VerityOptions {
+    /// Hash algorithm.
+    pub algorithm: Option<HashAlgorithm>,
+    /// Data block size.
+    pub data_block_size: Option<BlockSize>,
+    /// Hash block size.
+    pub hash_block_size: Option<BlockSize>,
+    /// Salt.
+    pub salt: Option<Salt>,
+    /// UUID stored in the superblock.
+    pub uuid: Option<Uuid>,
+    /// Do not write or read a superblock.
+    pub no_superblock: bool,
+    /// Byte offset of the hash area (superblock or tree) in the hash file.
+    pub hash_offset: u64,
+    /// Number of data blocks; by default the whole data file.
+    pub data_blocks: Option<u64>,
+}
+
+/// What `veritysetup format` and `veritysetup dump` report about a hash
+/// area, plus where the tree sits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerityReport {
+    /// UUID from the superblock (none without one).
+    pub uuid: Option<Uuid>,
+    /// Hash format, always 1 (normal).
+    pub hash_type: u32,
+    /// Data blocks covered.
+    pub data_blocks: u64,
+    /// Data block size.
+    pub data_block_size: BlockSize,
+    /// Blocks of the tree (superblock excluded).
+    pub hash_blocks: u64,
+    /// Hash block size.
+    pub hash_block_size: BlockSize,
+    /// Hash algorithm.
+    pub hash_algorithm: HashAlgorithm,
+    /// Salt (hex).
+    pub salt: Salt,
+    /// Root hash, when known.
+    pub root_hash: Option<RootHash>,
+    /// Number of tree levels.
+    pub levels: usize,
+    /// Offset of the hash area.
+    pub hash_offset: u64,
+    /// Offset of the first tree block.
+    pub tree_offset: u64,
+    /// End of the hash area: the hash device size when the area starts at 0.
+    pub hash_area_end: u64,
+}
+
+impl VerityReport {
+    fn new(
+        geometry: &TreeGeometry,
+        params: &TreeParams,
+        layout: &HashAreaLayout,
+        uuid: Option<Uuid>,
+        root_hash: Option<RootHash>,
+    ) -> Self {
+        VerityReport {
+            uuid,
+            hash_type: 1,
+            data_blocks: geometry.data_blocks(),
+            data_block_size: params.data_block_size,
+            hash_blocks: geometry.hash_blocks(),
+            hash_block_size: params.hash_block_size,
+            hash_algorithm: params.algorithm,
+            salt: params.salt.clone(),
+            root_hash,
+            levels: geometry.levels().len(),
+            hash_offset: layout.hash_offset,
+            tree_offset: layout.tree_offset,
+            hash_area_end: layout.tree_offset + geometry.tree_bytes(),
+        }
+    }
+}
+
+/// Builds the hash tree of `data_path` and writes it to `hash_path`, as
+/// `veritysetup format DATA HASH` does; returns what it reports.
+///
+/// A hash file that does not exist yet is written under a temporary name and
+/// renamed into place once complete. An existing one (or a block device) is
+/// updated in place with the superblock cleared first and written last, so a
+/// failure never leaves a valid-looking superblock over a partial tree.
+/// Bytes of an existing hash file outside the hash area are kept.
+///
+/// `progress` is called with the number of data bytes hashed since the last
+/// call.
+pub fn format(
+    data_path: &Path,
+    hash_path: &Path,
+    opts: &VerityOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(VerityReport, HashTree), VerityError> {
+    let salt = match &opts.salt {
+        Some(salt) => salt.clone(),
+        None => Salt::random().map_err(|e| VerityError::Random(e.to_string()))?,
+    };
+    let params = TreeParams {
+        algorithm: opts.algorithm.unwrap_or_default(),
+        data_block_size: opts.data_block_size.unwrap_or_default(),
+        hash_block_size: opts.hash_block_size.unwrap_or_default(),
+        salt,
+    };
+    let uuid = if opts.no_superblock {
+        None
+    } else {
+        Some(opts.uuid.unwrap_or_else(Uuid::new_v4))
+    };
+    let layout = HashAreaLayout::new(
+        opts.hash_offset,
+        !opts.no_superblock,
+        params.hash_block_size,
+    )
+    .map_err(|source| VerityError::Geometry {
+        path: hash_path.to_path_buf(),
+        source,
+    })?;
+
+    let data = File::open(data_path).map_err(io_err(data_path, "open data file"))?;
+    let data_blocks = data_block_count(&data, data_path, &params, opts.data_blocks)?;
+    let geometry =
+        TreeGeometry::new(&params, data_blocks).map_err(|source| VerityError::Geometry {
+            path: data_path.to_path_buf(),
+            source,
+        })?;
+    let area_end = layout
+        .end(&geometry)
+        .map_err(|source| VerityError::Geometry {
+            path: hash_path.to_path_buf(),
+            source,
+        })?;
+
+    // Open (or create) the destination before the long hashing pass, so a
+    // bad path fails at once.
+    let target = HashTarget::open(hash_path, area_end)?;
+    if target.same_file_as(&data)? && layout.hash_offset < geometry.data_bytes() {
+        return Err(VerityError::Overlap {
+            path: hash_path.to_path_buf(),
+            hash_offset: layout.hash_offset,
+            data_end: geometry.data_bytes(),
+        });
+    }
+
+    debug!(?params, data_blocks, ?layout, "hashing data");
+    let mut builder = HashTreeBuilder::with_capacity(params.clone(), data_blocks);
+    for (first, count) in batches(data_blocks, params.data_block_size) {
+        let offset = first * params.data_block_size.bytes_u64();
+        builder
+            .hash_file_blocks(&data, offset, count)
+            .map_err(io_err(data_path, "read"))?;
+        progress(count as u64 * params.data_block_size.bytes_u64());
+    }
+    let tree = builder.finish().map_err(|source| VerityError::Tree {
+        path: data_path.to_path_buf(),
+        source,
+    })?;
+
+    target.write(&tree, &layout, uuid)?;
+    let report = VerityReport::new(
+        tree.geometry(),
+        &params,
+        &layout,
+        uuid,
+        Some(tree.root_hash().clone()),
+    );
+    Ok((report, tree))
+}
+
+/// Checks `data_path` against the tree in `hash_path` and `root_hash` (hex),
+/// as `veritysetup verify` does, but top-down like the kernel, so that the
+/// first mismatch found is the corrupt block: the top hash block against the
+/// root hash, then each level against the verified level above, then the data
+/// blocks in order.
+pub fn verify(
+    data_path: &Path,
+    hash_path: &Path,
+    opts: &VerityOptions,
+    root_hash: &str,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerityReport, VerityError> {
+    let hash = File::open(hash_path).map_err(io_err(hash_path, "open hash file"))?;
+    let data = File::open(data_path).map_err(io_err(data_path, "open data file"))?;
+    let resolved = resolve(&hash, hash_path, opts)?;
+    let params = resolved.params;
+    let root_hash = RootHash::from_hex(root_hash, params.algorithm)?;
+    let data_blocks = match resolved.data_blocks {
+        Some(n) => {
+            data_block_count(&data, data_path, &params, Some(n))?;
+            n
+        }
+        None => data_block_count(&data, data_path, &params, None)?,
+    };
+    let geometry =
+        TreeGeometry::new(&params, data_blocks).map_err(|source| VerityError::Geometry {
+            path: data_path.to_path_buf(),
+            source,
+        })?;
+    let layout = HashAreaLayout::new(
+        opts.hash_offset,
+        !opts.no_superblock,
+        params.hash_block_size,
+    )
+    .map_err(|source| VerityError::Geometry {
+        path: hash_path.to_path_buf(),
+        source,
+    })?;
+    let area_end = layout
+        .end(&geometry)
+        .map_err(|source| VerityError::Geometry {
+            path: hash_path.to_path_buf(),
+            source,
+        })?;
+    let hash_size = file_size(&hash, hash_path)?;
+    if hash_size < area_end {
+        return Err(VerityError::HashFileTooSmall {
+            path: hash_path.to_path_buf(),
+            size: hash_size,
+            needed: area_end,
+            offset: layout.hash_offset,
+        });
+    }
+
+    let mut tree = vec![0u8; geometry.tree_bytes() as usize];
+    read_exact_at(&hash, hash_path, &mut tree, layout.tree_offset)?;
+    let hasher = BlockHasher::new(&params);
+    verify_tree(&geometry, &hasher, &tree, &root_hash, hash_path, &layout)?;
+
+    // Data blocks against level 0 (or the root hash for a single block).
+    let dbs = params.data_block_size.bytes();
+    let slot = params.algorithm.slot_size();
+    let digest = params.algorithm.digest_size();
+    let expected: &[u8] = match geometry.levels().first() {
+        Some(_) => &tree[geometry.level_range(0)],
+        None => root_hash.as_bytes(),
+    };
+    let mut computed = Vec::with_capacity(BATCH_BYTES / dbs * slot);
+    for (first, count) in batches(data_blocks, params.data_block_size) {
+        computed.resize(count * slot, 0);
+        hasher
+            .hash_file_blocks(&data, first * dbs as u64, dbs, &mut computed)
+            .map_err(io_err(data_path, "read"))?;
+        let start = first as usize * slot;
+        let stored = &expected[start..start + count * slot];
+        if let Some(i) = first_mismatch(&computed, stored, slot, digest) {
+            let index = first + i as u64;
+            let offset = index * dbs as u64;
+            return Err(if geometry.levels().is_empty() {
+                Corruption::RootHash {
+                    path: data_path.to_path_buf(),
+                    what: "data block 0",
+                    offset,
+                }
+            } else {
+                Corruption::DataBlock {
+                    path: data_path.to_path_buf(),
+                    index,
+                    offset,
+                }
+            }
+            .into());
+        }
+        progress((count * dbs) as u64);
+    }
+
+    Ok(VerityReport::new(
+        &geometry,
+        &params,
+        &layout,
+        resolved.uuid,
+        Some(root_hash),
+    ))
+}
+
+/// Reads the superblock at `hash_offset` of `hash_path`, as `veritysetup
+/// dump` does.
+pub fn dump(hash_path: &Path, hash_offset: u64) -> Result<VerityReport, VerityError> {
+    let hash = File::open(hash_path).map_err(io_err(hash_path, "open hash file"))?;
+    let sb = read_superblock(&hash, hash_path, hash_offset)?;
+    let geometry =
+        TreeGeometry::new(&sb.params, sb.data_blocks).map_err(|source| VerityError::Geometry {
+            path: hash_path.to_path_buf(),
+            source,
+        })?;
+    let layout =
+        HashAreaLayout::new(hash_offset, true, sb.params.hash_block_size).map_err(|source| {
+            VerityError::Geometry {
+                path: hash_path.to_path_buf(),
+                source,
+            }
+        })?;
+    Ok(VerityReport::new(
+        &geometry,
+        &sb.params,
+        &layout,
+        Some(sb.uuid),
+        None,
+    ))
+}
+
+/// Verifies the stored levels top-down.
+fn verify_tree(
+    geometry: &TreeGeometry,
+    hasher: &BlockHasher,
+    tree: &[u8],
+    root_hash: &RootHash,
+    hash_path: &Path,
+    layout: &HashAreaLayout,
+) -> Result<(), VerityError> {
+    let levels = geometry.levels();
+    let Some(top) = levels.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let hbs = geometry.hash_block_size().bytes();
+    let block_offset = |level: usize, index: u64| {
+        layout.tree_offset + (levels[level].first_block + index) * hbs as u64
+    };
+    if hasher.digest(&tree[geometry.level_range(top)]) != root_hash.as_bytes() {
+        return Err(Corruption::RootHash {
+            path: hash_path.to_path_buf(),
+            what: "the top hash block",
+            offset: block_offset(top, 0),
+        }
+        .into());
+    }
+    let slot = hasher.algorithm().slot_size();
+    let digest = hasher.algorithm().digest_size();
+    for level in (0..top).rev() {
+        let blocks = &tree[geometry.level_range(level)];
+        let mut computed = vec![0u8; blocks.len() / hbs * slot];
+        hasher.hash_blocks(blocks, hbs, &mut computed);
+        let parent = &tree[geometry.level_range(level + 1)];
+        if let Some(i) = first_mismatch(&computed, &parent[..computed.len()], slot, digest) {
+            return Err(Corruption::HashBlock {
+                path: hash_path.to_path_buf(),
+                level,
+                levels: levels.len(),
+                index: i as u64,
+                offset: block_offset(level, i as u64),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Index of the first slot whose digest differs.
+fn first_mismatch(computed: &[u8], stored: &[u8], slot: usize, digest: usize) -> Option<usize> {
+    if computed == stored {
+        return None;
+    }
+    computed
+        .chunks_exact(slot)
+        .zip(stored.chunks_exact(slot))
+        .position(|(c, s)| c[..digest] != s[..digest])
+}
+
+struct Resolved {
+    params: TreeParams,
+    data_blocks: Option<u64>,
+    uuid: Option<Uuid>,
+}
+
+/// The parameters for `verify`: from the superblock (checked against what
+/// the caller gave) or, without one, from the caller.
+fn resolve(hash: &File, hash_path: &Path, opts: &VerityOptions) -> Result<Resolved, VerityError> {
+    if opts.no_superblock {
+        let salt = opts.salt.clone().ok_or(VerityError::Missing(
+            "--salt is required with --no-superblock (use - for an empty salt)",
+        ))?;
+        return Ok(Resolved {
+            params: TreeParams {
+                algorithm: opts.algorithm.unwrap_or_default(),
+                data_block_size: opts.data_block_size.unwrap_or_default(),
+                hash_block_size: opts.hash_block_size.unwrap_or_default(),
+                salt,
+            },
+            data_blocks: opts.data_blocks,
+            uuid: None,
+        });
+    }
+    let sb = read_superblock(hash, hash_path, opts.hash_offset)?;
+    let mismatch = |field, on_disk: String, given: String| VerityError::SuperblockMismatch {
+        path: hash_path.to_path_buf(),
+        field,
+        on_disk,
+        given,
+    };
+    let p = &sb.params;
+    if let Some(a) = opts.algorithm.filter(|a| *a != p.algorithm) {
+        return Err(mismatch(
+            "the hash algorithm",
+            p.algorithm.to_string(),
+            a.to_string(),
+        ));
+    }
+    if let Some(s) = opts.data_block_size.filter(|s| *s != p.data_block_size) {
+        return Err(mismatch(
+            "the data block size",
+            p.data_block_size.to_string(),
+            s.to_string(),
+        ));
+    }
+    if let Some(s) = opts.hash_block_size.filter(|s| *s != p.hash_block_size) {
+        return Err(mismatch(
+            "the hash block size",
+            p.hash_block_size.to_string(),
+            s.to_string(),
+        ));
+    }
+    if let Some(s) = opts.salt.as_ref().filter(|s| **s != p.salt) {
+        return Err(mismatch(
+            "the salt",
+            p.salt.to_display_hex(),
+            s.to_display_hex(),
+        ));
+    }
+    if let Some(u) = opts.uuid.filter(|u| *u != sb.uuid) {
+        return Err(mismatch("the UUID", sb.uuid.to_string(), u.to_string()));
+    }
+    if let Some(n) = opts.data_blocks.filter(|n| *n != sb.data_blocks) {
+        return Err(mismatch(
+            "the number of data blocks",
+            sb.data_blocks.to_string(),
+            n.to_string(),
+        ));
+    }
+    Ok(Resolved {
+        params: sb.params,
+        data_blocks: Some(sb.data_blocks),
+        uuid: Some(sb.uuid),
+    })
+}
+
+fn read_superblock(hash: &File, path: &Path, offset: u64) -> Result<Superblock, VerityError> {
+    if offset % 512 != 0 {
+        return Err(VerityError::Geometry {
+            path: path.to_path_buf(),
+            source: super::geometry::GeometryError::BadHashOffset(format!(
+                "hash offset {offset} is not a multiple of 512 bytes"
+            )),
+        });
+    }
+    let size = file_size(hash, path)?;
+    let available = size.saturating_sub(offset).min(SUPERBLOCK_SIZE as u64) as usize;
+    let mut buf = vec![0u8; available];
+    read_exact_at(hash, path, &mut buf, offset)?;
+    Superblock::parse(&buf).map_err(|source| VerityError::Superblock {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Data blocks to hash: `given`, if the file holds them, or the whole file,
+/// which must then be a whole number of blocks.
+fn data_block_count(
+    data: &File,
+    path: &Path,
+    params: &TreeParams,
+    given: Option<u64>,
+) -> Result<u64, VerityError> {
+    let size = file_size(data, path)?;
+    let bs = params.data_block_size.bytes_u64();
+    match given {
+        Some(blocks) => {
+            let needed = blocks.saturating_mul(bs);
+            if size < needed {
+                return Err(VerityError::DataTooSmall {
+                    path: path.to_path_buf(),
+                    size,
+                    blocks,
+                    block_size: params.data_block_size.get(),
+                    needed,
+                });
+            }
+            Ok(blocks)
+        }
+        None if size % bs != 0 => Err(VerityError::DataSizeNotMultiple {
+            path: path.to_path_buf(),
+            size,
+            block_size: params.data_block_size.get(),
+        }),
+        None => Ok(size / bs),
+    }
+}
+
+/// Size of a regular file or block device.
+fn file_size(file: &File, path: &Path) -> Result<u64, VerityError> {
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+        .map_err(io_err(path, "get the size of"))
+}
+
+fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<(), VerityError> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+        .map_err(io_err(path, "read"))
+}
+
+/// Splits `blocks` data blocks into batches of about [`BATCH_BYTES`]:
+/// `(first block, block count)`. Batches bound the memory of `verify` and
+/// the granularity of progress reports; within a batch all cores work.
+fn batches(blocks: u64, block_size: BlockSize) -> impl Iterator<Item = (u64, usize)> {
+    let per_batch = (BATCH_BYTES / block_size.bytes()) as u64;
+    (0..blocks.div_ceil(per_batch)).map(move |i| {
+        let first = i * per_batch;
+        (first, (blocks - first).min(per_batch) as usize)
+    })
+}
+
+/// Where `format` writes: an existing file or device, updated in place, or a
+/// new file written under a temporary name.
+enum HashTarget {
+    InPlace {
+        file: File,
+        path: PathBuf,
+    },
+    New {
+        temp: tempfile::NamedTempFile,
+        path: PathBuf,
+    },
+}
+
+impl HashTarget {
+    fn open(path: &Path, area_end: u64) -> Result<Self, VerityError> {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => {
+                let meta = file.metadata().map_err(io_err(path, "stat"))?;
+                if meta.file_type().is_block_device() {
+                    let size = file_size(&file, path)?;
+                    if size < area_end {
+                        return Err(VerityError::HashFileTooSmall {
+                            path: path.to_path_buf(),
+                            size,
+                            needed: area_end,
+                            offset: 0,
+                        });
+                    }
+                }
+                Ok(HashTarget::InPlace {
+                    file,
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let temp = tempfile::Builder::new()
+                    .prefix(&format!(".{}.", name.unwrap_or_default()))
+                    .tempfile_in(dir)
+                    .map_err(io_err(path, "create"))?;
+                Ok(HashTarget::New {
+                    temp,
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => Err(io_err(path, "open for writing")(e)),
+        }
+    }
+
+    fn same_file_as(&self, other: &File) -> Result<bool, VerityError> {
+        let HashTarget::InPlace { file, path } = self else {
+            return Ok(false);
+        };
+        let a = file.metadata().map_err(io_err(path, "stat"))?;
+        let b = other.metadata().map_err(io_err(path, "stat"))?;
+        Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    }
+
+    fn write(
+        self,
+        tree: &HashTree,
+        layout: &HashAreaLayout,
+        uuid: Option<Uuid>,
+    ) -> Result<(), VerityError> {
+        match self {
+            HashTarget::New { mut temp, path } => {
+                tree.write_hash_area(temp.as_file_mut(), layout, uuid)
+                    .and_then(|()| temp.as_file().sync_all())
+                    .map_err(io_err(&path, "write"))?;
+                temp.persist(&path)
+                    .map_err(|e| io_err(&path, "rename the finished hash file to")(e.error))?;
+                Ok(())
+            }
+            HashTarget::InPlace { mut file, path } => {
+                let result = tree
+                    .write_hash_area(&mut file, layout, uuid)
+                    .and_then(|()| file.sync_all());
+                if let Err(e) = result {
+                    if layout.superblock {
+                        // Best effort: leave nothing that looks like a valid
+                        // superblock in front of a partial tree.
+                        let _ = file
+                            .seek(SeekFrom::Start(layout.hash_offset))
+                            .and_then(|_| file.write_all(&[0u8; SUPERBLOCK_SIZE]));
+                    }
+                    return Err(io_err(&path, "write")(e));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `root_hash` as lower-case hex without a newline, as `veritysetup
+/// format --root-hash-file` does, replacing `path` atomically.
+pub fn write_root_hash_file(path: &Path, root_hash: &RootHash) -> Result<(), VerityError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".roothash.")
+        .tempfile_in(dir)
+        .map_err(io_err(path, "create"))?;
+    temp.write_all(root_hash.to_hex().as_bytes())
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(io_err(path, "write"))?;
+    temp.persist(path)
+        .map_err(|e| io_err(path, "rename the finished root hash file to")(e.error))?;
+    Ok(())
+}
