@@ -114,8 +114,8 @@ struct TreeArgs {
     #[arg(long, value_name = "HEX", value_parser = parse_salt, allow_hyphen_values = true)]
     salt: Option<Salt>,
     /// UUID for the superblock [default: random].
-    #[arg(long, value_name = "UUID")]
-    uuid: Option<Uuid>,
+    #[arg(long, value_name = "UUID", value_parser = parse_uuid)]
+    uuid: Option<UuidArg>,
     /// Do not write or read a superblock.
     #[arg(long)]
     no_superblock: bool,
@@ -135,7 +135,7 @@ impl TreeArgs {
             data_block_size: self.data_block_size,
             hash_block_size: self.hash_block_size,
             salt: self.salt.clone(),
-            uuid: self.uuid,
+            uuid: self.uuid.as_ref().map(|u| u.uuid),
             no_superblock: self.no_superblock,
             hash_offset: self.hash_offset,
             data_blocks: self.data_blocks,
@@ -152,6 +152,25 @@ fn parse_block_size(s: &str) -> Result<BlockSize, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a number of bytes"))?;
     BlockSize::new(n).map_err(|e| e.to_string())
+}
+
+/// A UUID as given: veritysetup prints it back in the case it was given.
+#[derive(Clone)]
+struct UuidArg {
+    uuid: Uuid,
+    text: String,
+}
+
+fn parse_uuid(s: &str) -> Result<UuidArg, String> {
+    // veritysetup (libuuid) accepts only the 36-character hyphenated form.
+    let uuid = Uuid::try_parse(s).map_err(|e| e.to_string())?;
+    if s.len() != 36 {
+        return Err("expected the hyphenated form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".into());
+    }
+    Ok(UuidArg {
+        uuid,
+        text: s.to_owned(),
+    })
 }
 
 fn parse_salt(s: &str) -> Result<Salt, ParamError> {
@@ -200,7 +219,8 @@ fn run(command: Command) -> Result<ExitCode> {
             if let (Some(path), Some(root)) = (&root_hash_file, &report.root_hash) {
                 verity::write_root_hash_file(path, root)?;
             }
-            print_report(&hash, &report, json)?;
+            let uuid_text = opts.uuid.map(|u| u.text);
+            print_report(&hash, &report, uuid_text, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verity(VerityCommand::Verify {
@@ -258,21 +278,31 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
         }) => {
             let report = verity::dump(&hash, hash_offset)?;
-            print_report(&hash, &report, json)?;
+            print_report(&hash, &report, None, json)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// Prints a report as `veritysetup format`/`dump` do (crypt_dump), or JSON.
-fn print_report(hash: &Path, r: &VerityReport, json: bool) -> Result<()> {
+/// `uuid_text` is the UUID as the user typed it, which veritysetup echoes.
+fn print_report(
+    hash: &Path,
+    r: &VerityReport,
+    uuid_text: Option<String>,
+    json: bool,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(r)?)?;
         return Ok(());
     }
     writeln!(out, "VERITY header information for {}", hash.display())?;
-    let uuid = r.uuid.map(|u| u.to_string()).unwrap_or_default();
+    let uuid = match (r.uuid, uuid_text) {
+        (Some(_), Some(text)) => text,
+        (Some(uuid), None) => uuid.to_string(),
+        (None, _) => String::new(),
+    };
     writeln!(out, "UUID:            \t{uuid}")?;
     writeln!(out, "Hash type:       \t{}", r.hash_type)?;
     writeln!(out, "Data blocks:     \t{}", r.data_blocks)?;

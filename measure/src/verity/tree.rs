@@ -297,8 +297,17 @@ impl HashTree {
             (false, _) => None,
         };
         if superblock.is_some() {
+            // Zero the superblock and the gap up to the tree. veritysetup
+            // writes the superblock as a whole 4 KiB page (a hash block if
+            // smaller), so without a tree the area ends with that page.
+            let end = if self.tree.is_empty() {
+                let page = self.params.hash_block_size.bytes_u64().min(4096);
+                (layout.hash_offset + SUPERBLOCK_SIZE as u64).next_multiple_of(page)
+            } else {
+                layout.tree_offset
+            };
             out.seek(SeekFrom::Start(layout.hash_offset))?;
-            write_zeros(out, layout.tree_offset - layout.hash_offset)?;
+            write_zeros(out, end - layout.hash_offset)?;
         }
         out.seek(SeekFrom::Start(layout.tree_offset))?;
         out.write_all(&self.tree)?;
