@@ -23,6 +23,14 @@ pub enum VerityError {
         /// The OS error.
         source: io::Error,
     },
+    /// The path is neither a regular file nor a block device.
+    #[error("{}: is a {kind}, not a regular file or block device", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is ("directory", ...).
+        kind: &'static str,
+    },
     /// The data size is not a whole number of data blocks.
     #[error(
         "{}: size {size} bytes is not a multiple of the data block size {block_size} \

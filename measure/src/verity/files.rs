@@ -144,7 +144,7 @@ pub fn format(
         source,
     })?;
 
-    let data = File::open(data_path).map_err(io_err(data_path, "open data file"))?;
+    let data = open_input(data_path, "open data file")?;
     let data_blocks = data_block_count(&data, data_path, &params, opts.data_blocks)?;
     let geometry =
         TreeGeometry::new(&params, data_blocks).map_err(|source| VerityError::Geometry {
@@ -206,8 +206,8 @@ pub fn verify(
     root_hash: &str,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerityReport, VerityError> {
-    let hash = File::open(hash_path).map_err(io_err(hash_path, "open hash file"))?;
-    let data = File::open(data_path).map_err(io_err(data_path, "open data file"))?;
+    let hash = open_input(hash_path, "open hash file")?;
+    let data = open_input(data_path, "open data file")?;
     let resolved = resolve(&hash, hash_path, opts)?;
     let params = resolved.params;
     let root_hash = RootHash::from_hex(root_hash, params.algorithm)?;
@@ -302,7 +302,7 @@ pub fn verify(
 /// Reads the superblock at `hash_offset` of `hash_path`, as `veritysetup
 /// dump` does.
 pub fn dump(hash_path: &Path, hash_offset: u64) -> Result<VerityReport, VerityError> {
-    let hash = File::open(hash_path).map_err(io_err(hash_path, "open hash file"))?;
+    let hash = open_input(hash_path, "open hash file")?;
     let sb = read_superblock(&hash, hash_path, hash_offset)?;
     let geometry =
         TreeGeometry::new(&sb.params, sb.data_blocks).map_err(|source| VerityError::Geometry {
@@ -509,6 +509,28 @@ fn data_block_count(
         }),
         None => Ok(size / bs),
     }
+}
+
+/// Opens a data or hash file for reading; it must be a regular file or a
+/// block device.
+fn open_input(path: &Path, what: &'static str) -> Result<File, VerityError> {
+    let file = File::open(path).map_err(io_err(path, what))?;
+    let kind = file.metadata().map_err(io_err(path, "stat"))?.file_type();
+    let name = if kind.is_dir() {
+        "directory"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_fifo() {
+        "fifo"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        return Ok(file);
+    };
+    Err(VerityError::NotAFile {
+        path: path.to_path_buf(),
+        kind: name,
+    })
 }
 
 /// Size of a regular file or block device.

@@ -84,7 +84,7 @@ pub enum SuperblockError {
     #[error("superblock is truncated: {0} of 512 bytes present")]
     Truncated(usize),
     /// The first 8 bytes are not `verity\0\0`.
-    #[error("no dm-verity superblock: bad signature {0:02x?} at offset 0")]
+    #[error("bad signature {0:02x?} at offset 0 (expected \"verity\\0\\0\")")]
     BadSignature([u8; 8]),
     /// A version other than 1.
     #[error("unsupported superblock version {0} at offset 8 (only 1 is defined)")]
