@@ -283,6 +283,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The fuzz target's property (fuzz/fuzz_targets/superblock.rs), run
+        /// on mutations of a valid superblock: never panic, and accept only
+        /// the canonical encoding.
+        #[test]
+        fn accepts_only_canonical_superblocks(
+            flips in proptest::collection::vec((0usize..SUPERBLOCK_SIZE, 1u8..=255), 0..4),
+            len in 0usize..600,
+        ) {
+            let mut bytes = sample().to_bytes().to_vec();
+            bytes.resize(len.max(1), 0);
+            for (at, mask) in flips {
+                if at < bytes.len() {
+                    bytes[at] ^= mask;
+                }
+            }
+            if let Ok(sb) = Superblock::parse(&bytes) {
+                proptest::prop_assert_eq!(&sb.to_bytes()[..], &bytes[..SUPERBLOCK_SIZE]);
+            }
+        }
+    }
+
     #[test]
     fn truncated_input_is_rejected() {
         assert_eq!(

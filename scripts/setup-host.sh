@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project's commands, tests and benchmarks
+# need, when they are missing. Needs root or sudo; run on Debian 12 or later.
+#
+#   cryptsetup-bin  veritysetup: the reference the dm-verity tests compare against
+#   e2fsprogs       mkfs.ext4: builds the sample image of scripts/demo.sh
+#   time            /usr/bin/time: peak memory in scripts/bench-verity.sh
+set -euo pipefail
+
+packages=(cryptsetup-bin e2fsprogs time)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup-host: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "setup-host: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
