@@ -93,6 +93,17 @@ impl Case {
         let len = (self.blocks + self.extra_blocks) * u64::from(self.data_block_size);
         std::fs::write(&data, pseudo_random(len as usize, self.seed)).unwrap();
 
+        // veritysetup writes the superblock by read-modify-write of its 4 KiB
+        // page (a hash block if smaller). With a single data block there is
+        // no tree to extend the file first, and at an unaligned offset the
+        // read of that page from the empty file fails ("Error during update
+        // of verity header"). Given the page as zeros, it succeeds; compare
+        // against that.
+        let page = u64::from(self.hash_block_size).min(4096);
+        if self.blocks == 1 && self.superblock && self.hash_offset % page != 0 {
+            let len = (self.hash_offset + 512).next_multiple_of(page);
+            std::fs::write(dir.path().join("reference"), vec![0u8; len as usize]).unwrap();
+        }
         let out = run_veritysetup(dir.path(), &self.veritysetup_args("data", "reference"));
         let reference_root = field(&out.stdout, "Root hash:");
 
@@ -183,6 +194,7 @@ fn salts_from_0_to_256_bytes_match() {
 #[test]
 fn hash_offsets_match() {
     for (superblock, offset, hbs) in [
+        (true, 2048, 65536),
         (true, 512, 4096),
         (true, 3584, 4096),
         (true, 4096, 4096),
@@ -193,10 +205,12 @@ fn hash_offsets_match() {
         (false, 65536, 4096),
         (false, 1024, 512),
     ] {
-        let mut case = Case::new(HashAlgorithm::Sha256, 4096, hbs, 300);
-        case.superblock = superblock;
-        case.hash_offset = offset;
-        case.check();
+        for blocks in [1, 300] {
+            let mut case = Case::new(HashAlgorithm::Sha256, 4096, hbs, blocks);
+            case.superblock = superblock;
+            case.hash_offset = offset;
+            case.check();
+        }
     }
 }
 
@@ -271,6 +285,41 @@ fn command_line_output_matches_veritysetup() {
             "format output differs for {extra:?}"
         );
     }
+}
+
+#[test]
+fn json_output_carries_what_veritysetup_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data"), pseudo_random(4096 * 300, 8)).unwrap();
+    let args = [
+        "format",
+        "data",
+        "hash",
+        "--salt=99",
+        &format!("--uuid={UUID}"),
+    ];
+    let reference = run_veritysetup(dir.path(), &args.map(String::from));
+    std::fs::remove_file(dir.path().join("hash")).unwrap();
+    let out = cocos_measure()
+        .arg("verity")
+        .args(args)
+        .arg("--json")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = &reference.stdout;
+    assert_eq!(v["root_hash"], field(text, "Root hash:"));
+    assert_eq!(v["uuid"], field(text, "UUID:"));
+    assert_eq!(v["salt"], field(text, "Salt:"));
+    assert_eq!(v["hash_algorithm"], field(text, "Hash algorithm:"));
+    assert_eq!(v["data_blocks"].to_string(), field(text, "Data blocks:"));
+    assert_eq!(v["hash_blocks"].to_string(), field(text, "Hash blocks:"));
+    assert_eq!(
+        format!("{} [bytes]", v["hash_area_end"]),
+        field(text, "Hash device size:")
+    );
 }
 
 #[test]
@@ -393,7 +442,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn random_parameters_match(case in any_case()) {

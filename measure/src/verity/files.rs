@@ -211,13 +211,7 @@ pub fn verify(
     let resolved = resolve(&hash, hash_path, opts)?;
     let params = resolved.params;
     let root_hash = RootHash::from_hex(root_hash, params.algorithm)?;
-    let data_blocks = match resolved.data_blocks {
-        Some(n) => {
-            data_block_count(&data, data_path, &params, Some(n))?;
-            n
-        }
-        None => data_block_count(&data, data_path, &params, None)?,
-    };
+    let data_blocks = data_block_count(&data, data_path, &params, resolved.data_blocks)?;
     let geometry =
         TreeGeometry::new(&params, data_blocks).map_err(|source| VerityError::Geometry {
             path: data_path.to_path_buf(),
