@@ -134,29 +134,13 @@ pub fn format(
     } else {
         Some(opts.uuid.unwrap_or_else(Uuid::new_v4))
     };
-    let layout = HashAreaLayout::new(
-        opts.hash_offset,
-        !opts.no_superblock,
-        params.hash_block_size,
-    )
-    .map_err(|source| VerityError::Geometry {
-        path: hash_path.to_path_buf(),
-        source,
-    })?;
-
     let data = open_input(data_path, "open data file")?;
     let data_blocks = data_block_count(&data, data_path, &params, opts.data_blocks)?;
-    let geometry =
-        TreeGeometry::new(&params, data_blocks).map_err(|source| VerityError::Geometry {
-            path: data_path.to_path_buf(),
-            source,
-        })?;
-    let area_end = layout
-        .end(&geometry)
-        .map_err(|source| VerityError::Geometry {
-            path: hash_path.to_path_buf(),
-            source,
-        })?;
+    let Placement {
+        geometry,
+        layout,
+        end: area_end,
+    } = place(&params, data_blocks, opts, data_path, hash_path)?;
 
     // Open (or create) the destination before the long hashing pass, so a
     // bad path fails at once.
@@ -212,26 +196,11 @@ pub fn verify(
     let params = resolved.params;
     let root_hash = RootHash::from_hex(root_hash, params.algorithm)?;
     let data_blocks = data_block_count(&data, data_path, &params, resolved.data_blocks)?;
-    let geometry =
-        TreeGeometry::new(&params, data_blocks).map_err(|source| VerityError::Geometry {
-            path: data_path.to_path_buf(),
-            source,
-        })?;
-    let layout = HashAreaLayout::new(
-        opts.hash_offset,
-        !opts.no_superblock,
-        params.hash_block_size,
-    )
-    .map_err(|source| VerityError::Geometry {
-        path: hash_path.to_path_buf(),
-        source,
-    })?;
-    let area_end = layout
-        .end(&geometry)
-        .map_err(|source| VerityError::Geometry {
-            path: hash_path.to_path_buf(),
-            source,
-        })?;
+    let Placement {
+        geometry,
+        layout,
+        end: area_end,
+    } = place(&params, data_blocks, opts, data_path, hash_path)?;
     let hash_size = file_size(&hash, hash_path)?;
     if hash_size < area_end {
         return Err(VerityError::HashFileTooSmall {
@@ -298,18 +267,13 @@ pub fn verify(
 pub fn dump(hash_path: &Path, hash_offset: u64) -> Result<VerityReport, VerityError> {
     let hash = open_input(hash_path, "open hash file")?;
     let sb = read_superblock(&hash, hash_path, hash_offset)?;
-    let geometry =
-        TreeGeometry::new(&sb.params, sb.data_blocks).map_err(|source| VerityError::Geometry {
-            path: hash_path.to_path_buf(),
-            source,
-        })?;
-    let layout =
-        HashAreaLayout::new(hash_offset, true, sb.params.hash_block_size).map_err(|source| {
-            VerityError::Geometry {
-                path: hash_path.to_path_buf(),
-                source,
-            }
-        })?;
+    let opts = VerityOptions {
+        hash_offset,
+        ..VerityOptions::default()
+    };
+    let Placement {
+        geometry, layout, ..
+    } = place(&sb.params, sb.data_blocks, &opts, hash_path, hash_path)?;
     Ok(VerityReport::new(
         &geometry,
         &sb.params,
@@ -317,6 +281,40 @@ pub fn dump(hash_path: &Path, hash_offset: u64) -> Result<VerityReport, VerityEr
         Some(sb.uuid),
         None,
     ))
+}
+
+/// The shape of a tree and where it goes in the hash file.
+struct Placement {
+    geometry: TreeGeometry,
+    layout: HashAreaLayout,
+    /// First byte after the hash area.
+    end: u64,
+}
+
+fn place(
+    params: &TreeParams,
+    data_blocks: u64,
+    opts: &VerityOptions,
+    data_path: &Path,
+    hash_path: &Path,
+) -> Result<Placement, VerityError> {
+    let geometry_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| VerityError::Geometry { path, source }
+    };
+    let geometry = TreeGeometry::new(params, data_blocks).map_err(geometry_err(data_path))?;
+    let layout = HashAreaLayout::new(
+        opts.hash_offset,
+        !opts.no_superblock,
+        params.hash_block_size,
+    )
+    .map_err(geometry_err(hash_path))?;
+    let end = layout.end(&geometry).map_err(geometry_err(hash_path))?;
+    Ok(Placement {
+        geometry,
+        layout,
+        end,
+    })
 }
 
 /// Verifies the stored levels top-down.
