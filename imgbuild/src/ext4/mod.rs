@@ -1,0 +1,1 @@
+//! A purpose-built ext4 writer for read-only images (in progress).

@@ -1,0 +1,1 @@
+//! FAT32 EFI system partition (in progress).

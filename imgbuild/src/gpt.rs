@@ -1,0 +1,1 @@
+//! GPT partition table (in progress).

@@ -1,0 +1,13 @@
+//! Building the disk image a confidential VM boots from.
+//!
+//! `cocos-imgbuild` turns a root tree, a kernel, an initramfs and a
+//! bootloader into a sparse GPT `disk.img` (FAT ESP with GRUB, ext4 root,
+//! dm-verity hash partition, blank `cocos` partition) and its side artifacts,
+//! reproducibly and without root privileges.
+
+#![forbid(unsafe_code)]
+
+pub mod ext4;
+pub mod fat;
+pub mod gpt;
+pub mod seed;
