@@ -28,6 +28,19 @@ pub enum TreeError {
         /// Data block size.
         block_size: u32,
     },
+    /// `update_at` on a builder not made with `for_blocks`.
+    #[error("update_at needs a builder made with HashTreeBuilder::for_blocks")]
+    NotPositional,
+    /// `update_at` beyond the declared number of blocks.
+    #[error("blocks {first}..{} are outside the {total} data blocks of the tree", first + count)]
+    OutOfRange {
+        /// First block fed.
+        first: u64,
+        /// Blocks fed.
+        count: u64,
+        /// Declared number of blocks.
+        total: u64,
+    },
     /// The data cannot be laid out as a tree (e.g. it is empty).
     #[error(transparent)]
     Geometry(#[from] GeometryError),
@@ -56,6 +69,9 @@ pub struct HashTreeBuilder {
     level0: Vec<u8>,
     /// Start of a data block that has not been completed yet.
     partial: Vec<u8>,
+    /// In positional mode (see [`HashTreeBuilder::for_blocks`]), one bit per
+    /// data block that has been fed; the others are zero blocks.
+    fed: Option<Vec<u64>>,
 }
 
 impl HashTreeBuilder {
@@ -66,7 +82,57 @@ impl HashTreeBuilder {
             params,
             level0: Vec::new(),
             partial: Vec::new(),
+            fed: None,
         }
+    }
+
+    /// A builder for exactly `data_blocks` blocks that are fed by position,
+    /// in any order, with [`update_at`](Self::update_at). Blocks that are
+    /// never fed are zero blocks (as unwritten parts of a sparse image are);
+    /// their digest is computed once. This lets a writer that places
+    /// metadata after the data it describes (a filesystem writer) hash every
+    /// block as it writes it.
+    pub fn for_blocks(params: TreeParams, data_blocks: u64) -> Result<Self, TreeError> {
+        TreeGeometry::new(&params, data_blocks)?;
+        let mut builder = Self::with_capacity(params, data_blocks);
+        let slot = builder.params.algorithm.slot_size();
+        builder.level0.resize(data_blocks as usize * slot, 0);
+        builder.fed = Some(vec![0u64; (data_blocks as usize).div_ceil(64)]);
+        Ok(builder)
+    }
+
+    /// Feeds whole blocks starting at data block `first` (positional mode).
+    pub fn update_at(&mut self, first: u64, data: &[u8]) -> Result<(), TreeError> {
+        let bs = self.params.data_block_size.bytes();
+        let slot = self.params.algorithm.slot_size();
+        let total = (self.level0.len() / slot) as u64;
+        let count = (data.len() / bs) as u64;
+        let Some(fed) = self.fed.as_mut() else {
+            return Err(TreeError::NotPositional);
+        };
+        if data.len() % bs != 0 {
+            return Err(TreeError::PartialBlock {
+                trailing: data.len() % bs,
+                block_size: bs as u32,
+            });
+        }
+        if first.checked_add(count).is_none_or(|end| end > total) {
+            return Err(TreeError::OutOfRange {
+                first,
+                count,
+                total,
+            });
+        }
+        for block in first..first + count {
+            fed[(block / 64) as usize] |= 1 << (block % 64);
+        }
+        let start = first as usize * slot;
+        self.hasher.hash_blocks(
+            data,
+            bs,
+            &mut self.level0[start..start + count as usize * slot],
+        );
+        Ok(())
     }
 
     /// A builder that reserves room for a tree over `data_blocks` blocks up
@@ -91,8 +157,14 @@ impl HashTreeBuilder {
         (self.level0.len() / self.params.algorithm.slot_size()) as u64
     }
 
-    /// Feeds the next bytes of data.
+    /// Feeds the next bytes of data (in-order mode; a builder made with
+    /// [`for_blocks`](Self::for_blocks) takes [`update_at`](Self::update_at)
+    /// instead and ignores this).
     pub fn update(&mut self, mut data: &[u8]) {
+        if self.fed.is_some() {
+            debug_assert!(false, "update() on a positional builder");
+            return;
+        }
         let bs = self.params.data_block_size.bytes();
         if !self.partial.is_empty() {
             let take = (bs - self.partial.len()).min(data.len());
@@ -160,6 +232,16 @@ impl HashTreeBuilder {
         let geometry = TreeGeometry::new(&self.params, self.data_blocks())?;
         let hasher = self.hasher;
         let mut tree = self.level0;
+        if let Some(fed) = &self.fed {
+            let slot = hasher.algorithm().slot_size();
+            let digest = hasher.algorithm().digest_size();
+            let zero = hasher.digest(&vec![0u8; self.params.data_block_size.bytes()]);
+            for (block, slot) in tree.chunks_exact_mut(slot).enumerate() {
+                if fed[block / 64] & (1 << (block % 64)) == 0 {
+                    slot[..digest].copy_from_slice(&zero);
+                }
+            }
+        }
         if geometry.levels().is_empty() {
             // A single data block: its digest is the root hash, and there is
             // no tree to store.
@@ -354,6 +436,21 @@ mod tests {
             b.update(piece);
         }
         assert_eq!(b.finish().unwrap(), whole);
+    }
+
+    #[test]
+    fn positional_feeding_with_gaps_equals_zero_filled_data() {
+        let mut data: Vec<u8> = (0..512 * 300).map(|i| (i * 5 % 256) as u8).collect();
+        // Blocks 10..20 and 200..300 are never fed: they must count as zeros.
+        data[10 * 512..20 * 512].fill(0);
+        data[200 * 512..].fill(0);
+        let expected = HashTree::from_data(params(), &data).unwrap();
+        let mut b = HashTreeBuilder::for_blocks(params(), 300).unwrap();
+        b.update_at(100, &data[100 * 512..200 * 512]).unwrap();
+        b.update_at(20, &data[20 * 512..100 * 512]).unwrap();
+        b.update_at(0, &data[..10 * 512]).unwrap();
+        assert!(b.update_at(299, &data[..1024]).is_err());
+        assert_eq!(b.finish().unwrap(), expected);
     }
 
     #[test]
