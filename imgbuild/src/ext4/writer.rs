@@ -1,0 +1,1152 @@
+//! Writing a [`SourceTree`] as an ext4 filesystem for read-only use.
+//!
+//! Shape of the filesystem (4 KiB blocks, 32768 blocks per group, 256-byte
+//! inodes, no journal): features `ext_attr`, `dir_index`, `filetype`,
+//! `extent`, `flex_bg`, `sparse_super`, `large_file`, `dir_nlink`,
+//! `extra_isize`; no metadata checksums (the image is protected by
+//! dm-verity, which is stronger). With `flex_bg`, all block bitmaps, inode
+//! bitmaps and inode tables sit together after the primary group descriptor
+//! table, so file data runs contiguously across groups, broken only by the
+//! superblock backups of `sparse_super`.
+//!
+//! Writing happens in two steps. [`Ext4Plan::new`] reads nothing but the
+//! tree's metadata: it numbers the inodes (root 2, `lost+found` 11, then the
+//! tree in depth-first order of sorted names), builds every directory block
+//! and sizes the filesystem. [`Ext4Plan::write`] then streams file contents
+//! once, allocating blocks in order (all-zero blocks become holes, so the
+//! image does not depend on how sparse the source files were), and writes
+//! the inode tables, bitmaps, group descriptors and superblocks last, each
+//! block exactly once, through a [`BlockSink`].
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use uuid::Uuid;
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromZeros, IntoBytes};
+
+use super::dir::{self, DirBlocks, DirEntry, file_type};
+use super::hash::{xattr_block_hash, xattr_entry_hash};
+use super::raw::*;
+use super::source::{NodeId, NodeKind, SourceTree};
+
+/// Block size of the filesystem.
+pub const BLOCK_SIZE: u64 = 4096;
+const BLOCK: usize = BLOCK_SIZE as usize;
+/// Blocks per group: the bits of one bitmap block.
+const BLOCKS_PER_GROUP: u64 = 8 * BLOCK_SIZE;
+const INODE_SIZE: u64 = 256;
+const INODES_PER_BLOCK: u64 = BLOCK_SIZE / INODE_SIZE;
+const ROOT_INO: u32 = 2;
+const LOST_FOUND_INO: u32 = 11;
+/// First inode that is not reserved (`s_first_ino`).
+const FIRST_INO: u32 = 11;
+/// Extents in the inode's `i_block` (60 bytes: header and four entries).
+const INODE_EXTENTS: usize = 4;
+/// Extents in a leaf block: (4096 - 12) / 12.
+const LEAF_EXTENTS: usize = (BLOCK - 12) / 12;
+/// Output is gathered into runs of at most this many bytes.
+const RUN_BYTES: usize = 8 << 20;
+
+/// Options of the filesystem.
+#[derive(Debug, Clone)]
+pub struct Ext4Options {
+    /// Filesystem UUID.
+    pub uuid: Uuid,
+    /// Seed of the directory hash.
+    pub hash_seed: Uuid,
+    /// Time stamped on everything (SOURCE_DATE_EPOCH); file mtimes are
+    /// clamped to it.
+    pub timestamp: i64,
+    /// Make every file owned by 0:0.
+    pub root_owned: bool,
+    /// Size in bytes; by default the tree's size plus 10%, rounded up to MiB.
+    pub size: Option<u64>,
+    /// Volume label (at most 16 bytes).
+    pub label: String,
+}
+
+/// Receives the filesystem's blocks. Each block is written at most once;
+/// blocks never written are zero.
+pub trait BlockSink {
+    /// Writes `data` (whole blocks) starting at block `first`.
+    fn write_blocks(&mut self, first: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// Why the filesystem could not be written.
+#[derive(Debug, Error)]
+pub enum Ext4Error {
+    /// An OS error on a source file.
+    #[error("{}: cannot {action}", path.display())]
+    Source {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The sink failed.
+    #[error("cannot write the filesystem image")]
+    Sink(#[source] io::Error),
+    /// The tree does not fit in the requested size.
+    #[error("the tree needs at least {needed} bytes but the filesystem is {size} bytes")]
+    TooSmall {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        size: u64,
+    },
+    /// A requested size that is not a whole number of blocks.
+    #[error("filesystem size {0} is not a multiple of 4096 bytes")]
+    SizeNotMultiple(u64),
+    /// Beyond 2^32 blocks (16 TiB) or inodes.
+    #[error("the filesystem would exceed ext4's 32-bit block or inode numbers")]
+    TooLarge,
+    /// A file changed while being read.
+    #[error("{}: changed while being read ({expected} bytes expected)", path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// Size seen when the tree was scanned.
+        expected: u64,
+    },
+    /// A file needs more extents than a two-level extent tree holds.
+    #[error("{}: too fragmented (more than {max} extents)", path.display())]
+    TooFragmented {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
+    /// Extended attributes this writer cannot store.
+    #[error("{}: {reason}", path.display())]
+    Xattr {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A directory too large to index.
+    #[error("{}", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        source: dir::DirTooLarge,
+    },
+}
+
+/// What [`Ext4Plan::write`] produced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ext4Report {
+    /// Blocks in the filesystem.
+    pub blocks: u64,
+    /// Blocks in use.
+    pub used_blocks: u64,
+    /// Inodes in the filesystem.
+    pub inodes: u64,
+    /// Inodes in use (including the 10 reserved ones).
+    pub used_inodes: u64,
+    /// Filesystem UUID.
+    pub uuid: Uuid,
+}
+
+/// Sizes of the block groups and where their metadata goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Geometry {
+    blocks: u64,
+    groups: u64,
+    inodes_per_group: u64,
+    gdt_blocks: u64,
+    itable_blocks: u64,
+}
+
+impl Geometry {
+    fn new(blocks: u64, inodes: u64) -> Result<Self, Ext4Error> {
+        let groups = blocks
+            .div_ceil(BLOCKS_PER_GROUP)
+            .max(inodes.div_ceil(BLOCKS_PER_GROUP));
+        let inodes_per_group = inodes
+            .div_ceil(groups)
+            .next_multiple_of(INODES_PER_BLOCK)
+            .max(INODES_PER_BLOCK);
+        if blocks > u64::from(u32::MAX) || groups * inodes_per_group > u64::from(u32::MAX) {
+            return Err(Ext4Error::TooLarge);
+        }
+        Ok(Geometry {
+            blocks,
+            groups,
+            inodes_per_group,
+            gdt_blocks: (groups * 32).div_ceil(BLOCK_SIZE),
+            itable_blocks: inodes_per_group / INODES_PER_BLOCK,
+        })
+    }
+
+    /// Whether group `g` holds a superblock copy (`sparse_super`: groups 0, 1
+    /// and powers of 3, 5 and 7).
+    fn has_super(g: u64) -> bool {
+        fn power_of(mut n: u64, base: u64) -> bool {
+            while n > 1 && n % base == 0 {
+                n /= base;
+            }
+            n == 1
+        }
+        g == 0 || g == 1 || power_of(g, 3) || power_of(g, 5) || power_of(g, 7)
+    }
+
+    /// Block ranges holding a superblock and group descriptor table.
+    fn super_ranges(&self) -> Vec<(u64, u64)> {
+        (0..self.groups)
+            .filter(|&g| Self::has_super(g))
+            .map(|g| {
+                let start = g * BLOCKS_PER_GROUP;
+                (start, (start + 1 + self.gdt_blocks).min(self.blocks))
+            })
+            .collect()
+    }
+
+    /// Blocks taken by metadata: superblocks, descriptors, bitmaps, tables.
+    fn overhead(&self) -> u64 {
+        let supers: u64 = self.super_ranges().iter().map(|(a, b)| b - a).sum();
+        supers + self.groups * (2 + self.itable_blocks)
+    }
+
+    /// Whether the last group is big enough for its superblock copy.
+    fn last_group_ok(&self) -> bool {
+        let last = self.groups - 1;
+        let len = self.blocks - last * BLOCKS_PER_GROUP;
+        !Self::has_super(last) || len > 1 + self.gdt_blocks + 16
+    }
+}
+
+/// What an inode holds.
+#[derive(Debug, Clone)]
+enum InodeContent {
+    /// A node of the tree.
+    Node(NodeId),
+    /// The `lost+found` directory e2fsck expects, when the tree has none.
+    LostFound,
+}
+
+#[derive(Debug, Clone)]
+struct PlannedInode {
+    ino: u32,
+    content: InodeContent,
+    /// Blocks of a directory.
+    dir: Option<DirBlocks>,
+    /// Subdirectories of a directory (for its link count).
+    subdirs: u32,
+}
+
+/// A filesystem ready to be written: inode numbers, directory blocks, size.
+#[derive(Debug, Clone)]
+pub struct Ext4Plan {
+    options: Ext4Options,
+    geometry: Geometry,
+    inodes: Vec<PlannedInode>,
+    hash_seed: [u32; 4],
+}
+
+impl Ext4Plan {
+    /// Plans the filesystem for `tree`.
+    pub fn new(tree: &SourceTree, options: Ext4Options) -> Result<Self, Ext4Error> {
+        let hash_seed = seed_words(&options.hash_seed);
+
+        // Inode numbers: root 2, lost+found 11, then depth-first order.
+        let mut ino_of = vec![0u32; tree.nodes.len()];
+        ino_of[SourceTree::ROOT] = ROOT_INO;
+        let tree_lost_found = tree
+            .lookup(b"lost+found")
+            .filter(|&id| matches!(tree.nodes[id].kind, NodeKind::Dir { .. }));
+        let mut inodes = vec![PlannedInode {
+            ino: ROOT_INO,
+            content: InodeContent::Node(SourceTree::ROOT),
+            dir: None,
+            subdirs: 0,
+        }];
+        if tree_lost_found.is_none() {
+            inodes.push(PlannedInode {
+                ino: LOST_FOUND_INO,
+                content: InodeContent::LostFound,
+                dir: None,
+                subdirs: 0,
+            });
+        }
+        // Depth-first order; inode 11 is always lost+found.
+        let mut order: Vec<NodeId> = Vec::with_capacity(tree.nodes.len());
+        dfs(
+            tree,
+            SourceTree::ROOT,
+            &mut order,
+            &mut vec![false; tree.nodes.len()],
+        );
+        let mut next = LOST_FOUND_INO + 1;
+        for id in order.into_iter().skip(1) {
+            let ino = if Some(id) == tree_lost_found {
+                LOST_FOUND_INO
+            } else {
+                next += 1;
+                next - 1
+            };
+            ino_of[id] = ino;
+            inodes.push(PlannedInode {
+                ino,
+                content: InodeContent::Node(id),
+                dir: None,
+                subdirs: 0,
+            });
+        }
+        inodes.sort_by_key(|i| i.ino);
+        let max_ino = inodes.last().map_or(FIRST_INO, |i| i.ino).max(FIRST_INO);
+
+        // Parent of every directory, for "..".
+        let mut parent_ino = vec![ROOT_INO; tree.nodes.len()];
+        for (pid, node) in tree.nodes.iter().enumerate() {
+            if let NodeKind::Dir { children } = &node.kind {
+                for (_, child) in children {
+                    parent_ino[*child] = ino_of[pid];
+                }
+            }
+        }
+
+        // Directory blocks.
+        for planned in &mut inodes {
+            let (entries, parent, path) = match &planned.content {
+                InodeContent::LostFound => (Vec::new(), ROOT_INO, PathBuf::from("lost+found")),
+                InodeContent::Node(id) => {
+                    let NodeKind::Dir { children } = &tree.nodes[*id].kind else {
+                        continue;
+                    };
+                    let mut entries: Vec<DirEntry> = children
+                        .iter()
+                        .map(|(name, child)| DirEntry {
+                            name: name.clone(),
+                            inode: ino_of[*child],
+                            file_type: entry_type(&tree.nodes[*child].kind),
+                        })
+                        .collect();
+                    if *id == SourceTree::ROOT && tree_lost_found.is_none() {
+                        entries.push(DirEntry {
+                            name: b"lost+found".to_vec(),
+                            inode: LOST_FOUND_INO,
+                            file_type: file_type::DIRECTORY,
+                        });
+                        entries.sort_by(|a, b| a.name.cmp(&b.name));
+                    }
+                    (entries, parent_ino[*id], tree.nodes[*id].path.clone())
+                }
+            };
+            planned.subdirs = entries
+                .iter()
+                .filter(|e| e.file_type == file_type::DIRECTORY)
+                .count() as u32;
+            planned.dir = Some(
+                dir::build(planned.ino, parent, &entries, &hash_seed)
+                    .map_err(|source| Ext4Error::Directory { path, source })?,
+            );
+        }
+
+        // Size: everything the data needs at most, plus metadata.
+        let data_upper: u64 = inodes.iter().map(|i| data_blocks_upper(tree, i)).sum();
+        let inode_count = u64::from(max_ino);
+        let mut blocks = data_upper + 64;
+        let needed = loop {
+            let g = Geometry::new(blocks, inode_count)?;
+            let need = g.overhead() + data_upper;
+            if need <= blocks {
+                break need;
+            }
+            blocks = need;
+        };
+        let blocks = match options.size {
+            Some(size) => {
+                if size % BLOCK_SIZE != 0 {
+                    return Err(Ext4Error::SizeNotMultiple(size));
+                }
+                size / BLOCK_SIZE
+            }
+            None => (needed * 110 / 100).next_multiple_of(256),
+        };
+        let mut geometry = Geometry::new(blocks, inode_count)?;
+        if !geometry.last_group_ok() {
+            // The last group cannot hold its superblock copy: leave its
+            // blocks out of the filesystem, as mke2fs does.
+            geometry = Geometry::new((geometry.groups - 1) * BLOCKS_PER_GROUP, inode_count)?;
+        }
+        if geometry.overhead() + data_upper > geometry.blocks {
+            return Err(Ext4Error::TooSmall {
+                needed: (geometry.overhead() + data_upper) * BLOCK_SIZE,
+                size: blocks * BLOCK_SIZE,
+            });
+        }
+        Ok(Ext4Plan {
+            options,
+            geometry,
+            inodes,
+            hash_seed,
+        })
+    }
+
+    /// Size of the filesystem in bytes.
+    pub fn size(&self) -> u64 {
+        self.geometry.blocks * BLOCK_SIZE
+    }
+
+    /// Number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.geometry.blocks
+    }
+
+    /// Writes the filesystem to `sink`, reading file contents from the tree.
+    pub fn write<S: BlockSink>(
+        &self,
+        tree: &SourceTree,
+        sink: &mut S,
+        progress: &dyn Fn(u64),
+    ) -> Result<Ext4Report, Ext4Error> {
+        let g = &self.geometry;
+        let mut out = Output::new(sink, g.blocks);
+        let mut alloc = Allocator::new(g.blocks, g.super_ranges());
+
+        // Metadata locations (flex_bg: all together after the GDT).
+        let mut block_bitmaps = Vec::with_capacity(g.groups as usize);
+        let mut inode_bitmaps = Vec::with_capacity(g.groups as usize);
+        let mut inode_tables = Vec::with_capacity(g.groups as usize);
+        for _ in 0..g.groups {
+            block_bitmaps.push(alloc.run(1)?);
+        }
+        for _ in 0..g.groups {
+            inode_bitmaps.push(alloc.run(1)?);
+        }
+        for _ in 0..g.groups {
+            inode_tables.push(alloc.run(g.itable_blocks)?);
+        }
+
+        let mut table = vec![0u8; (g.groups * g.inodes_per_group * INODE_SIZE) as usize];
+        let mut dirs_in_group = vec![0u16; g.groups as usize];
+        let mut buf = vec![0u8; 1 << 20];
+        for planned in &self.inodes {
+            let inode =
+                self.write_inode(tree, planned, &mut alloc, &mut out, &mut buf, progress)?;
+            let at = ((planned.ino - 1) as u64 * INODE_SIZE) as usize;
+            table[at..at + INODE_SIZE as usize].copy_from_slice(inode.as_bytes());
+            if inode.i_mode.get() & 0o170000 == 0o040000 {
+                dirs_in_group[((planned.ino - 1) as u64 / g.inodes_per_group) as usize] += 1;
+            }
+        }
+
+        // Inode tables.
+        let per_group = (g.inodes_per_group * INODE_SIZE) as usize;
+        for (grp, &start) in inode_tables.iter().enumerate() {
+            out.put(start, &table[grp * per_group..(grp + 1) * per_group])?;
+        }
+        // Every block in use: superblock copies, the metadata just placed
+        // and everything allocated (all below the allocator's cursor apart
+        // from reserved ranges, which are marked explicitly).
+        let mut used = out.used.clone();
+        for (a, b) in g.super_ranges() {
+            for blk in a..b {
+                set_bit(&mut used, blk);
+            }
+        }
+        for &b in block_bitmaps.iter().chain(&inode_bitmaps) {
+            set_bit(&mut used, b);
+        }
+        let max_ino = self
+            .inodes
+            .last()
+            .map_or(FIRST_INO, |i| i.ino)
+            .max(FIRST_INO) as u64;
+
+        let mut descs = Vec::with_capacity(g.groups as usize);
+        let mut free_blocks_total = 0u64;
+        for grp in 0..g.groups {
+            let first = grp * BLOCKS_PER_GROUP;
+            let count = (g.blocks - first).min(BLOCKS_PER_GROUP);
+            let mut bitmap = vec![0xffu8; BLOCK];
+            let mut free = 0u64;
+            for i in 0..count {
+                if get_bit(&used, first + i) {
+                    continue;
+                }
+                bitmap[(i / 8) as usize] &= !(1 << (i % 8));
+                free += 1;
+            }
+            free_blocks_total += free;
+            out.put(block_bitmaps[grp as usize], &bitmap)?;
+
+            let first_ino = grp * g.inodes_per_group + 1;
+            let mut ibitmap = vec![0xffu8; BLOCK];
+            let mut free_inodes = 0u64;
+            for i in 0..g.inodes_per_group {
+                if first_ino + i > max_ino {
+                    ibitmap[(i / 8) as usize] &= !(1 << (i % 8));
+                    free_inodes += 1;
+                }
+            }
+            out.put(inode_bitmaps[grp as usize], &ibitmap)?;
+
+            let mut d = GroupDesc::new_zeroed();
+            d.bg_block_bitmap = U32::new(block_bitmaps[grp as usize] as u32);
+            d.bg_inode_bitmap = U32::new(inode_bitmaps[grp as usize] as u32);
+            d.bg_inode_table = U32::new(inode_tables[grp as usize] as u32);
+            d.bg_free_blocks_count = U16::new(free as u16);
+            d.bg_free_inodes_count = U16::new(free_inodes as u16);
+            d.bg_used_dirs_count = U16::new(dirs_in_group[grp as usize]);
+            descs.extend_from_slice(d.as_bytes());
+        }
+        descs.resize((g.gdt_blocks * BLOCK_SIZE) as usize, 0);
+
+        let total_inodes = g.groups * g.inodes_per_group;
+        let sb = self.superblock(free_blocks_total, total_inodes - max_ino);
+        for grp in (0..g.groups).filter(|&grp| Geometry::has_super(grp)) {
+            let mut copy = sb.clone();
+            copy.s_block_group_nr = U16::new(grp as u16);
+            let mut block = vec![0u8; BLOCK];
+            let at = if grp == 0 {
+                SUPERBLOCK_OFFSET as usize
+            } else {
+                0
+            };
+            block[at..at + 1024].copy_from_slice(copy.as_bytes());
+            let start = grp * BLOCKS_PER_GROUP;
+            out.put(start, &block)?;
+            out.put(start + 1, &descs)?;
+        }
+        out.flush()?;
+        Ok(Ext4Report {
+            blocks: g.blocks,
+            used_blocks: g.blocks - free_blocks_total,
+            inodes: total_inodes,
+            used_inodes: max_ino,
+            uuid: self.options.uuid,
+        })
+    }
+
+    fn superblock(&self, free_blocks: u64, free_inodes: u64) -> Superblock {
+        let g = &self.geometry;
+        let t = &self.options.timestamp;
+        let (secs, hi) = (*t as u32, ((*t >> 32) & 0xff) as u8);
+        let mut sb = Superblock::new_zeroed();
+        sb.s_inodes_count = U32::new((g.groups * g.inodes_per_group) as u32);
+        sb.s_blocks_count_lo = U32::new(g.blocks as u32);
+        sb.s_free_blocks_count_lo = U32::new(free_blocks as u32);
+        sb.s_free_inodes_count = U32::new(free_inodes as u32);
+        sb.s_first_data_block = U32::new(0);
+        sb.s_log_block_size = U32::new(2);
+        sb.s_log_cluster_size = U32::new(2);
+        sb.s_blocks_per_group = U32::new(BLOCKS_PER_GROUP as u32);
+        sb.s_clusters_per_group = U32::new(BLOCKS_PER_GROUP as u32);
+        sb.s_inodes_per_group = U32::new(g.inodes_per_group as u32);
+        sb.s_wtime = U32::new(secs);
+        sb.s_max_mnt_count = U16::new(0xffff);
+        sb.s_magic = U16::new(EXT4_MAGIC);
+        sb.s_state = U16::new(1);
+        sb.s_errors = U16::new(1);
+        sb.s_lastcheck = U32::new(secs);
+        sb.s_rev_level = U32::new(1);
+        sb.s_first_ino = U32::new(FIRST_INO);
+        sb.s_inode_size = U16::new(INODE_SIZE as u16);
+        sb.s_feature_compat = U32::new(COMPAT_EXT_ATTR | COMPAT_DIR_INDEX);
+        sb.s_feature_incompat = U32::new(INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG);
+        sb.s_feature_ro_compat = U32::new(
+            RO_COMPAT_SPARSE_SUPER
+                | RO_COMPAT_LARGE_FILE
+                | RO_COMPAT_DIR_NLINK
+                | RO_COMPAT_EXTRA_ISIZE,
+        );
+        sb.s_uuid = *self.options.uuid.as_bytes();
+        let label = self.options.label.as_bytes();
+        let n = label.len().min(16);
+        sb.s_volume_name[..n].copy_from_slice(&label[..n]);
+        sb.s_hash_seed = self.hash_seed.map(U32::new);
+        sb.s_def_hash_version = DX_HASH_HALF_MD4;
+        sb.s_mkfs_time = U32::new(secs);
+        sb.s_min_extra_isize = U16::new(INODE_EXTRA_ISIZE);
+        sb.s_want_extra_isize = U16::new(INODE_EXTRA_ISIZE);
+        sb.s_flags = U32::new(FLAGS_UNSIGNED_HASH);
+        // One flex group spanning every group (all metadata at the front).
+        sb.s_log_groups_per_flex = (g.groups.next_power_of_two().trailing_zeros() as u8).max(1);
+        // s_wtime_hi, s_mtime_hi (never mounted: 0), s_mkfs_time_hi, s_lastcheck_hi.
+        sb.s_time_hi = [hi, 0, hi, hi, 0, 0, 0, 0];
+        sb
+    }
+
+    fn write_inode<S: BlockSink>(
+        &self,
+        tree: &SourceTree,
+        planned: &PlannedInode,
+        alloc: &mut Allocator,
+        out: &mut Output<'_, S>,
+        buf: &mut [u8],
+        progress: &dyn Fn(u64),
+    ) -> Result<Inode, Ext4Error> {
+        let ts = self.options.timestamp;
+        let mut inode = Inode::new_zeroed();
+        let mut sectors = 0u64;
+        let (mode, uid, gid, mtime, links) = match &planned.content {
+            InodeContent::LostFound => (0o040700u16, 0, 0, ts, 2 + planned.subdirs),
+            InodeContent::Node(id) => {
+                let node = &tree.nodes[*id];
+                let (uid, gid) = if self.options.root_owned {
+                    (0, 0)
+                } else {
+                    (node.uid, node.gid)
+                };
+                let links = match node.kind {
+                    NodeKind::Dir { .. } => {
+                        let n = 2 + planned.subdirs;
+                        // dir_nlink: 1 means "more than 65000".
+                        if n >= 65000 { 1 } else { n }
+                    }
+                    _ => node.links,
+                };
+                (
+                    type_bits(&node.kind) | node.permissions,
+                    uid,
+                    gid,
+                    node.mtime.min(ts),
+                    links,
+                )
+            }
+        };
+        inode.i_mode = U16::new(mode);
+        inode.i_uid = U16::new(uid as u16);
+        inode.l_i_uid_high = U16::new((uid >> 16) as u16);
+        inode.i_gid = U16::new(gid as u16);
+        inode.l_i_gid_high = U16::new((gid >> 16) as u16);
+        inode.i_links_count = U16::new(links.min(65535) as u16);
+        let (t, extra) = encode_time(ts);
+        let (mt, mextra) = encode_time(mtime);
+        inode.i_atime = U32::new(t);
+        inode.i_atime_extra = U32::new(extra);
+        inode.i_ctime = U32::new(t);
+        inode.i_ctime_extra = U32::new(extra);
+        inode.i_crtime = U32::new(t);
+        inode.i_crtime_extra = U32::new(extra);
+        inode.i_mtime = U32::new(mt);
+        inode.i_mtime_extra = U32::new(mextra);
+        inode.i_extra_isize = U16::new(INODE_EXTRA_ISIZE);
+
+        let node = match &planned.content {
+            InodeContent::Node(id) => Some(&tree.nodes[*id]),
+            InodeContent::LostFound => None,
+        };
+        if let Some(node) = node.filter(|n| !n.xattrs.is_empty()) {
+            let block = xattr_block(&node.xattrs, &node.path)?;
+            let at = alloc.run(1)?;
+            out.put(at, &block)?;
+            inode.i_file_acl_lo = U32::new(at as u32);
+            sectors += BLOCK_SIZE / 512;
+        }
+
+        let mut size = 0u64;
+        let mut extents: Option<Vec<ExtentRun>> = None;
+        if let Some(dir) = &planned.dir {
+            let mut runs = Vec::new();
+            for (i, block) in dir.bytes.chunks(BLOCK).enumerate() {
+                let at = alloc.run(1)?;
+                out.put(at, block)?;
+                push_block(&mut runs, i as u32, at);
+            }
+            size = dir.bytes.len() as u64;
+            if dir.indexed {
+                inode.i_flags = U32::new(INODE_INDEX_FL);
+            }
+            extents = Some(runs);
+        } else if let Some(node) = node {
+            match &node.kind {
+                NodeKind::File { size: len } => {
+                    size = *len;
+                    extents = Some(write_file(&node.path, *len, alloc, out, buf, progress)?);
+                }
+                NodeKind::Symlink { target } => {
+                    size = target.len() as u64;
+                    if target.len() < 60 {
+                        inode.i_block[..target.len()].copy_from_slice(target);
+                    } else {
+                        let mut block = vec![0u8; BLOCK];
+                        block[..target.len()].copy_from_slice(target);
+                        let at = alloc.run(1)?;
+                        out.put(at, &block)?;
+                        extents = Some(vec![ExtentRun {
+                            logical: 0,
+                            start: at,
+                            len: 1,
+                        }]);
+                    }
+                }
+                NodeKind::CharDevice { major, minor } | NodeKind::BlockDevice { major, minor } => {
+                    encode_device(&mut inode.i_block, *major, *minor);
+                }
+                NodeKind::Dir { .. } | NodeKind::Fifo | NodeKind::Socket => {}
+            }
+        }
+        if let Some(runs) = extents {
+            let path = node.map_or_else(|| PathBuf::from("lost+found"), |n| n.path.clone());
+            let (i_block, blocks) = extent_tree(&runs, &path, alloc, out)?;
+            inode.i_block = i_block;
+            inode.i_flags = U32::new(inode.i_flags.get() | INODE_EXTENTS_FL);
+            sectors += blocks * (BLOCK_SIZE / 512);
+        }
+        inode.i_size_lo = U32::new(size as u32);
+        inode.i_size_high = U32::new((size >> 32) as u32);
+        inode.i_blocks_lo = U32::new(sectors as u32);
+        inode.l_i_blocks_high = U16::new((sectors >> 32) as u16);
+        Ok(inode)
+    }
+}
+
+fn dfs(tree: &SourceTree, id: NodeId, order: &mut Vec<NodeId>, seen: &mut [bool]) {
+    if seen[id] {
+        return;
+    }
+    seen[id] = true;
+    order.push(id);
+    if let NodeKind::Dir { children } = &tree.nodes[id].kind {
+        for (_, child) in children {
+            dfs(tree, *child, order, seen);
+        }
+    }
+}
+
+fn entry_type(kind: &NodeKind) -> u8 {
+    match kind {
+        NodeKind::File { .. } => file_type::REGULAR,
+        NodeKind::Dir { .. } => file_type::DIRECTORY,
+        NodeKind::Symlink { .. } => file_type::SYMLINK,
+        NodeKind::CharDevice { .. } => file_type::CHAR_DEVICE,
+        NodeKind::BlockDevice { .. } => file_type::BLOCK_DEVICE,
+        NodeKind::Fifo => file_type::FIFO,
+        NodeKind::Socket => file_type::SOCKET,
+    }
+}
+
+fn type_bits(kind: &NodeKind) -> u16 {
+    match kind {
+        NodeKind::File { .. } => 0o100000,
+        NodeKind::Dir { .. } => 0o040000,
+        NodeKind::Symlink { .. } => 0o120000,
+        NodeKind::CharDevice { .. } => 0o020000,
+        NodeKind::BlockDevice { .. } => 0o060000,
+        NodeKind::Fifo => 0o010000,
+        NodeKind::Socket => 0o140000,
+    }
+}
+
+/// Upper bound of the data blocks an inode needs (holes can only lower it).
+fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode) -> u64 {
+    let mut n = planned.dir.as_ref().map_or(0, |d| d.blocks() as u64);
+    if let InodeContent::Node(id) = planned.content {
+        let node = &tree.nodes[id];
+        if !node.xattrs.is_empty() {
+            n += 1;
+        }
+        match &node.kind {
+            NodeKind::File { size } => {
+                let blocks = size.div_ceil(BLOCK_SIZE);
+                n += blocks;
+                if blocks > INODE_EXTENTS as u64 {
+                    // Leaf blocks: one per 340 extents; a dense file has one
+                    // extent per 32768 blocks plus one per superblock copy it
+                    // spans; each hole adds an extent but saves a block.
+                    n += (blocks / u64::from(MAX_EXTENT_LEN) + 64).div_ceil(LEAF_EXTENTS as u64);
+                }
+            }
+            NodeKind::Symlink { target } if target.len() >= 60 => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// Time as stored: the low 32 bits of the seconds, and the extra word
+/// holding the epoch bits (nanoseconds are 0).
+fn encode_time(secs: i64) -> (u32, u32) {
+    let epoch = ((secs - i64::from(secs as i32)) >> 32) as u32 & 3;
+    (secs as u32, epoch)
+}
+
+/// Device numbers in `i_block`: the old 16-bit form when both fit in a
+/// byte, the new form in the second word otherwise (`ext4_encode_dev`).
+fn encode_device(i_block: &mut [u8; 60], major: u32, minor: u32) {
+    if major < 256 && minor < 256 {
+        i_block[..4].copy_from_slice(&((major << 8) | minor).to_le_bytes());
+    } else {
+        let new = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        i_block[4..8].copy_from_slice(&new.to_le_bytes());
+    }
+}
+
+fn seed_words(seed: &Uuid) -> [u32; 4] {
+    let b = seed.as_bytes();
+    std::array::from_fn(|i| {
+        u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
+}
+
+/// A run of contiguous blocks of a file.
+#[derive(Debug, Clone, Copy)]
+struct ExtentRun {
+    logical: u32,
+    start: u64,
+    len: u32,
+}
+
+fn push_block(runs: &mut Vec<ExtentRun>, logical: u32, physical: u64) {
+    if let Some(last) = runs.last_mut() {
+        if last.logical + last.len == logical
+            && last.start + u64::from(last.len) == physical
+            && last.len < MAX_EXTENT_LEN
+        {
+            last.len += 1;
+            return;
+        }
+    }
+    runs.push(ExtentRun {
+        logical,
+        start: physical,
+        len: 1,
+    });
+}
+
+/// Streams a file's contents into newly allocated blocks; all-zero blocks
+/// are left as holes.
+fn write_file<S: BlockSink>(
+    path: &Path,
+    size: u64,
+    alloc: &mut Allocator,
+    out: &mut Output<'_, S>,
+    buf: &mut [u8],
+    progress: &dyn Fn(u64),
+) -> Result<Vec<ExtentRun>, Ext4Error> {
+    let mut runs = Vec::new();
+    if size == 0 {
+        return Ok(runs);
+    }
+    let mut file = File::open(path).map_err(|source| Ext4Error::Source {
+        path: path.to_path_buf(),
+        action: "open",
+        source,
+    })?;
+    let mut logical = 0u64;
+    let mut done = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read(&mut buf[filled..])
+                .map_err(|source| Ext4Error::Source {
+                    path: path.to_path_buf(),
+                    action: "read",
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        done += filled as u64;
+        if done > size {
+            break;
+        }
+        let padded = filled.next_multiple_of(BLOCK);
+        buf[filled..padded].fill(0);
+        for block in buf[..padded].chunks(BLOCK) {
+            if !is_zero(block) {
+                let at = alloc.run(1)?;
+                out.put(at, block)?;
+                push_block(&mut runs, logical as u32, at);
+            }
+            logical += 1;
+        }
+        progress(filled as u64);
+        if filled < buf.len() {
+            break;
+        }
+    }
+    if done != size {
+        return Err(Ext4Error::Changed {
+            path: path.to_path_buf(),
+            expected: size,
+        });
+    }
+    Ok(runs)
+}
+
+fn is_zero(block: &[u8]) -> bool {
+    block
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+}
+
+/// The extent tree of `runs`: in the inode when it fits, else one level of
+/// leaf blocks (allocated and written here). Returns `i_block` and the
+/// number of blocks used (data and leaves).
+fn extent_tree<S: BlockSink>(
+    runs: &[ExtentRun],
+    path: &Path,
+    alloc: &mut Allocator,
+    out: &mut Output<'_, S>,
+) -> Result<([u8; 60], u64), Ext4Error> {
+    let data: u64 = runs.iter().map(|r| u64::from(r.len)).sum();
+    let mut i_block = [0u8; 60];
+    if runs.len() <= INODE_EXTENTS {
+        write_node(
+            &mut i_block,
+            INODE_EXTENTS,
+            0,
+            runs.iter().map(extent_bytes),
+        );
+        return Ok((i_block, data));
+    }
+    let leaves: Vec<&[ExtentRun]> = runs.chunks(LEAF_EXTENTS).collect();
+    if leaves.len() > INODE_EXTENTS {
+        return Err(Ext4Error::TooFragmented {
+            path: path.to_path_buf(),
+            max: INODE_EXTENTS * LEAF_EXTENTS,
+        });
+    }
+    let mut index = Vec::new();
+    for leaf in &leaves {
+        let mut block = vec![0u8; BLOCK];
+        write_node(&mut block, LEAF_EXTENTS, 0, leaf.iter().map(extent_bytes));
+        let at = alloc.run(1)?;
+        out.put(at, &block)?;
+        let idx = ExtentIndex {
+            ei_block: U32::new(leaf[0].logical),
+            ei_leaf_lo: U32::new(at as u32),
+            ei_leaf_hi: U16::new((at >> 32) as u16),
+            ei_unused: U16::new(0),
+        };
+        index.push(idx.as_bytes().to_vec());
+    }
+    write_node(&mut i_block, INODE_EXTENTS, 1, index.into_iter());
+    Ok((i_block, data + leaves.len() as u64))
+}
+
+fn extent_bytes(r: &ExtentRun) -> Vec<u8> {
+    let e = Extent {
+        ee_block: U32::new(r.logical),
+        ee_len: U16::new(r.len as u16),
+        ee_start_hi: U16::new((r.start >> 32) as u16),
+        ee_start_lo: U32::new(r.start as u32),
+    };
+    e.as_bytes().to_vec()
+}
+
+fn write_node(dst: &mut [u8], max: usize, depth: u16, entries: impl Iterator<Item = Vec<u8>>) {
+    let entries: Vec<Vec<u8>> = entries.collect();
+    let header = ExtentHeader {
+        eh_magic: U16::new(EXTENT_MAGIC),
+        eh_entries: U16::new(entries.len() as u16),
+        eh_max: U16::new(max as u16),
+        eh_depth: U16::new(depth),
+        eh_generation: U32::new(0),
+    };
+    dst[..12].copy_from_slice(header.as_bytes());
+    for (i, e) in entries.iter().enumerate() {
+        dst[12 + 12 * i..24 + 12 * i].copy_from_slice(e);
+    }
+}
+
+/// Prefixes of extended attribute names and their `e_name_index`
+/// (`fs/ext4/xattr.h`), longest first so "system.posix_acl_access" wins
+/// over "system.".
+const XATTR_PREFIXES: [(&[u8], u8); 4] = [
+    (b"user.", 1),
+    (b"trusted.", 4),
+    (b"security.", 6),
+    (b"system.", 7),
+];
+
+/// An extended attribute block holding `xattrs`, entries sorted by (index,
+/// name length, name) as the kernel's lookup expects.
+fn xattr_block(xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Result<Vec<u8>, Ext4Error> {
+    let err = |reason: String| Ext4Error::Xattr {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut entries: Vec<(u8, &[u8], &[u8])> = Vec::with_capacity(xattrs.len());
+    for (name, value) in xattrs {
+        if name.starts_with(b"system.posix_acl_") {
+            return Err(err(
+                "POSIX ACLs are not supported in images (the on-disk ACL format differs)".into(),
+            ));
+        }
+        let (index, suffix) = XATTR_PREFIXES
+            .iter()
+            .find_map(|(p, i)| name.strip_prefix(*p).map(|s| (*i, s)))
+            .ok_or_else(|| {
+                err(format!(
+                    "extended attribute {:?} has an unsupported prefix",
+                    String::from_utf8_lossy(name)
+                ))
+            })?;
+        if suffix.len() > 255 {
+            return Err(err("extended attribute name longer than 255 bytes".into()));
+        }
+        entries.push((index, suffix, value));
+    }
+    entries.sort_by(|a, b| (a.0, a.1.len(), a.1).cmp(&(b.0, b.1.len(), b.1)));
+
+    let mut block = vec![0u8; BLOCK];
+    let mut at = 32;
+    let mut value_end = BLOCK;
+    let mut hashes = Vec::with_capacity(entries.len());
+    for (index, name, value) in &entries {
+        let entry_len = (16 + name.len()).next_multiple_of(4);
+        let value_len = value.len().next_multiple_of(4);
+        // Keep 4 zero bytes after the last entry (the end marker).
+        if at + entry_len + 4 + value_len > value_end {
+            return Err(err(
+                "extended attributes do not fit in one 4 KiB block".into()
+            ));
+        }
+        let offs = if value.is_empty() {
+            0
+        } else {
+            value_end -= value_len;
+            block[value_end..value_end + value.len()].copy_from_slice(value);
+            value_end
+        };
+        let hash = xattr_entry_hash(name, value);
+        hashes.push(hash);
+        let e = XattrEntry {
+            e_name_len: name.len() as u8,
+            e_name_index: *index,
+            e_value_offs: U16::new(offs as u16),
+            e_value_inum: U32::new(0),
+            e_value_size: U32::new(value.len() as u32),
+            e_hash: U32::new(hash),
+        };
+        block[at..at + 16].copy_from_slice(e.as_bytes());
+        block[at + 16..at + 16 + name.len()].copy_from_slice(name);
+        at += entry_len;
+    }
+    let header = XattrHeader {
+        h_magic: U32::new(XATTR_MAGIC),
+        h_refcount: U32::new(1),
+        h_blocks: U32::new(1),
+        h_hash: U32::new(xattr_block_hash(&hashes)),
+        h_checksum: U32::new(0),
+        h_reserved: [U32::new(0); 3],
+    };
+    block[..32].copy_from_slice(header.as_bytes());
+    Ok(block)
+}
+
+/// Hands out blocks in increasing order, skipping superblock copies.
+struct Allocator {
+    next: u64,
+    end: u64,
+    reserved: Vec<(u64, u64)>,
+}
+
+impl Allocator {
+    fn new(end: u64, reserved: Vec<(u64, u64)>) -> Self {
+        Allocator {
+            next: 0,
+            end,
+            reserved,
+        }
+    }
+
+    /// `n` contiguous blocks.
+    fn run(&mut self, n: u64) -> Result<u64, Ext4Error> {
+        loop {
+            let start = self.next;
+            let end = start + n;
+            match self.reserved.iter().find(|(a, b)| start < *b && *a < end) {
+                Some(&(_, b)) => self.next = b,
+                None => {
+                    if end > self.end {
+                        return Err(Ext4Error::TooSmall {
+                            needed: end * BLOCK_SIZE,
+                            size: self.end * BLOCK_SIZE,
+                        });
+                    }
+                    self.next = end;
+                    return Ok(start);
+                }
+            }
+        }
+    }
+}
+
+/// Gathers contiguous blocks into large writes and records what is used.
+struct Output<'a, S: BlockSink> {
+    sink: &'a mut S,
+    start: u64,
+    run: Vec<u8>,
+    used: Vec<u64>,
+}
+
+impl<'a, S: BlockSink> Output<'a, S> {
+    fn new(sink: &'a mut S, blocks: u64) -> Self {
+        Output {
+            sink,
+            start: 0,
+            run: Vec::with_capacity(RUN_BYTES),
+            used: vec![0; blocks.div_ceil(64) as usize],
+        }
+    }
+
+    fn put(&mut self, first: u64, data: &[u8]) -> Result<(), Ext4Error> {
+        let blocks = (data.len() / BLOCK) as u64;
+        for b in first..first + blocks {
+            set_bit(&mut self.used, b);
+        }
+        let contiguous = self.start + (self.run.len() / BLOCK) as u64 == first;
+        if self.run.is_empty() || !contiguous || self.run.len() + data.len() > RUN_BYTES {
+            self.flush()?;
+            self.start = first;
+        }
+        self.run.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Ext4Error> {
+        if !self.run.is_empty() {
+            self.sink
+                .write_blocks(self.start, &self.run)
+                .map_err(Ext4Error::Sink)?;
+            self.run.clear();
+        }
+        Ok(())
+    }
+}
+
+fn set_bit(bits: &mut [u64], i: u64) {
+    bits[(i / 64) as usize] |= 1 << (i % 64);
+}
+
+fn get_bit(bits: &[u64], i: u64) -> bool {
+    bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_super_groups() {
+        let with: Vec<u64> = (0..30).filter(|&g| Geometry::has_super(g)).collect();
+        assert_eq!(with, [0, 1, 3, 5, 7, 9, 25, 27]);
+    }
+
+    #[test]
+    fn times_after_2038_use_the_epoch_bits() {
+        assert_eq!(encode_time(0), (0, 0));
+        assert_eq!(encode_time(0x7fff_ffff), (0x7fff_ffff, 0));
+        // 2^31 seconds: low word 0x80000000 reads as negative; epoch 1.
+        assert_eq!(encode_time(1 << 31), (0x8000_0000, 1));
+        assert_eq!(encode_time(-1), (0xffff_ffff, 0));
+    }
+}

@@ -1,0 +1,422 @@
+//! The ext4 writer against the reference tools: `e2fsck -fn` must find
+//! nothing, and the kernel's ext4 driver (loop mount, read-only) must show
+//! exactly the tree: contents, modes, owners, link targets, link counts,
+//! device numbers, xattrs and clamped mtimes.
+//!
+//! Needs root (device nodes, chown, security.capability, loop mounts) and
+//! e2fsprogs; fails loudly without them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+
+const EPOCH: i64 = 1_700_000_000;
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the ext4 tests need root (device nodes, chown, loop mounts); run them as root"
+    );
+}
+
+fn options(root_owned: bool) -> Ext4Options {
+    Ext4Options {
+        uuid: uuid::Uuid::from_u128(0x1234),
+        hash_seed: uuid::Uuid::from_u128(0x5678_9abc_def0),
+        timestamp: EPOCH,
+        root_owned,
+        size: None,
+        label: "root".into(),
+    }
+}
+
+/// Writes `tree_dir` to `image` and returns the plan's size.
+fn build(tree_dir: &Path, image: &Path, opts: Ext4Options) -> u64 {
+    let tree = SourceTree::scan(tree_dir).unwrap();
+    let plan = Ext4Plan::new(&tree, opts).unwrap();
+    let file = fs::File::create(image).unwrap();
+    file.set_len(plan.size()).unwrap();
+    plan.write(&tree, &mut FileSink::new(&file, 0), &|_| {})
+        .unwrap();
+    plan.size()
+}
+
+fn e2fsck(image: &Path) {
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(image)
+        .output()
+        .expect("e2fsck not found: install e2fsprogs (scripts/setup-host.sh)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "e2fsck -fn found problems:\n{text}");
+    // A clean run prints the five passes and the summary line, nothing else.
+    for line in text.lines() {
+        assert!(
+            line.starts_with("Pass ") || line.contains(" files (") || line.starts_with("e2fsck "),
+            "e2fsck said: {line}\n{text}"
+        );
+    }
+}
+
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(image: &Path, dir: &Path) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop,ro"])
+            .arg(image)
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "loop mount of {} failed", image.display());
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u64,
+    rdev: u64,
+    size: u64,
+    mtime: i64,
+    target: Option<Vec<u8>>,
+    content_sha: Option<[u8; 32]>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut names = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap_or(0);
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut value = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut value[..]).unwrap();
+        value.truncate(len);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    out
+}
+
+/// Everything observable about every path under `root`.
+fn observe(root: &Path, root_owned: bool) -> BTreeMap<Vec<u8>, Seen> {
+    use sha2::{Digest, Sha256};
+    let mut map = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let path = root.join(&rel);
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            for e in fs::read_dir(&path).unwrap() {
+                let name = e.unwrap().file_name();
+                if rel.as_os_str().is_empty() && name == "lost+found" {
+                    continue;
+                }
+                stack.push(rel.join(name));
+            }
+        }
+        let content_sha = ft.is_file().then(|| {
+            use std::io::Read;
+            let mut h = Sha256::new();
+            let mut f = fs::File::open(&path).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            h.finalize().into()
+        });
+        let clamp = |t: i64| t.min(EPOCH);
+        map.insert(
+            rel.as_os_str().as_bytes().to_vec(),
+            Seen {
+                mode: meta.mode(),
+                uid: if root_owned { 0 } else { meta.uid() },
+                gid: if root_owned { 0 } else { meta.gid() },
+                // Directories: the image adds lost+found under the root.
+                nlink: meta.nlink(),
+                rdev: meta.rdev(),
+                size: if ft.is_dir() { 0 } else { meta.len() },
+                mtime: clamp(meta.mtime()),
+                target: ft.is_symlink().then(|| {
+                    fs::read_link(&path)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec()
+                }),
+                content_sha,
+                xattrs: xattrs(&path),
+            },
+        );
+    }
+    map
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// A tree with every kind of thing the writer must preserve.
+fn adversarial_tree(root: &Path, big_dir_entries: usize, huge: bool) {
+    fs::create_dir_all(root).unwrap();
+    let w = |p: &str, data: &[u8]| fs::write(root.join(p), data).unwrap();
+    w("empty", b"");
+    w("small", b"hello\n");
+    w("block", &[7u8; 4096]);
+    w("unaligned", &vec![0xa5; 4096 * 3 + 17]);
+    w("zeros", &vec![0u8; 4096 * 5]);
+    // A sparse file: holes at the start, middle and end.
+    {
+        let f = fs::File::create(root.join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"middle", 20 << 20).unwrap();
+        f.write_all_at(&[1u8; 10000], 40 << 20).unwrap();
+    }
+    // Over 4 GiB (sparse, so cheap), with data past the 4 GiB mark.
+    if huge {
+        let f = fs::File::create(root.join("huge")).unwrap();
+        f.set_len((5 << 30) + 123).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"beyond 4 GiB", (4 << 30) + 4096 * 3)
+            .unwrap();
+    }
+    // Many extents: alternating data and holes (needs an extent leaf block).
+    {
+        let f = fs::File::create(root.join("fragmented")).unwrap();
+        use std::os::unix::fs::FileExt;
+        for i in 0..600u64 {
+            f.write_all_at(&[i as u8 | 1; 4096], i * 8192).unwrap();
+        }
+    }
+    // A file of ~9 MiB of pseudo-random data.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..9 * 1024 * 1024 + 333)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    w("random", &data);
+
+    symlink("small", root.join("fast-link")).unwrap();
+    symlink("x".repeat(59), root.join("fast-link-59")).unwrap();
+    symlink("y".repeat(60), root.join("slow-link-60")).unwrap();
+    symlink("z/".repeat(2000), root.join("slow-link-4000")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling")).unwrap();
+
+    fs::hard_link(root.join("small"), root.join("hardlink-1")).unwrap();
+    fs::create_dir(root.join("sub")).unwrap();
+    fs::hard_link(root.join("small"), root.join("sub/hardlink-2")).unwrap();
+
+    let mknod = |p: &str, kind: rustix::fs::FileType, dev: u64| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join(p),
+            kind,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            dev,
+        )
+        .unwrap()
+    };
+    mknod(
+        "null",
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::makedev(1, 3),
+    );
+    mknod(
+        "big-dev",
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::makedev(300, 70000),
+    );
+    mknod(
+        "sda",
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::makedev(8, 0),
+    );
+    mknod("fifo", rustix::fs::FileType::Fifo, 0);
+    drop(std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap());
+
+    for (name, mode) in [
+        ("setuid", 0o4755),
+        ("setgid", 0o2711),
+        ("sticky-dir", 0o1777),
+        ("all-bits", 0o7777),
+        ("no-bits", 0o000),
+    ] {
+        let p = root.join(name);
+        if name.ends_with("dir") {
+            fs::create_dir(&p).unwrap();
+        } else {
+            fs::write(&p, name).unwrap();
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::lchown(root.join("setuid"), Some(1000), Some(1001)).unwrap();
+    std::os::unix::fs::lchown(root.join("fast-link"), Some(70000), Some(80000)).unwrap();
+
+    // xattrs, including a file capability and one needing most of a block.
+    let setx = |p: &str, name: &str, value: &[u8]| {
+        rustix::fs::lsetxattr(root.join(p), name, value, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    // VFS capability v2: magic_etc, permitted (cap_net_raw), inheritable, ...
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    setx("random", "security.capability", &cap);
+    setx("random", "user.comment", b"pseudo-random data");
+    setx("random", "trusted.thing", b"");
+    setx("sub", "user.dir-attr", b"on a directory");
+    setx("block", "user.large", &vec![b'v'; 3000]);
+
+    // Names that are not UTF-8, and 255-byte names.
+    fs::write(root.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"x").unwrap();
+    fs::write(root.join(OsStr::from_bytes(&[b'n'; 255])), b"long").unwrap();
+    fs::create_dir(root.join(OsStr::from_bytes(&[b'd'; 255]))).unwrap();
+
+    // Deep nesting.
+    let mut deep = root.join("deep");
+    for i in 0..64 {
+        deep = deep.join(format!("level-{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"deep").unwrap();
+
+    // One large directory.
+    let big = root.join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..big_dir_entries {
+        fs::File::create(big.join(format!("entry-{i:06}-{}", "p".repeat(i % 40)))).unwrap();
+    }
+    let mut f = fs::File::create(big.join("not-empty")).unwrap();
+    f.write_all(b"some content").unwrap();
+
+    // mtimes before and after the clamp.
+    set_mtime(&root.join("small"), EPOCH - 1000);
+    set_mtime(&root.join("random"), EPOCH + 1000);
+    set_mtime(&root.join("fast-link"), 1);
+    set_mtime(&root.join("sub"), EPOCH + 5);
+}
+
+fn check_tree(tree_dir: &Path, work: &Path, root_owned: bool) {
+    let image = work.join("image.ext4");
+    build(tree_dir, &image, options(root_owned));
+    e2fsck(&image);
+    let mnt = Mount::new(&image, &work.join("mnt"));
+    let want = observe(tree_dir, root_owned);
+    let got = observe(&mnt.0, false);
+    let mut differences = Vec::new();
+    for (path, w) in &want {
+        let name = String::from_utf8_lossy(path);
+        match got.get(path) {
+            None => differences.push(format!("{name}: missing")),
+            Some(g) => {
+                // The root directory gains lost+found: one more link.
+                let mut w_nlink = w.nlink;
+                if path.is_empty() {
+                    w_nlink += 1;
+                }
+                let w = Seen {
+                    nlink: w_nlink,
+                    ..w.clone()
+                };
+                if &w != g {
+                    differences.push(format!("{name}:\n  want {w:?}\n  got  {g:?}"));
+                }
+            }
+        }
+    }
+    for path in got.keys().filter(|p| !want.contains_key(*p)) {
+        differences.push(format!("{}: unexpected", String::from_utf8_lossy(path)));
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+#[test]
+fn adversarial_tree_is_clean_and_identical_through_the_kernel() {
+    require_root();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tree = work.path().join("tree");
+    adversarial_tree(&tree, 50_000, true);
+    check_tree(&tree, work.path(), false);
+}
+
+#[test]
+fn root_owned_images_belong_to_root() {
+    require_root();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tree = work.path().join("tree");
+    adversarial_tree(&tree, 100, false);
+    check_tree(&tree, work.path(), true);
+}
+
+#[test]
+fn the_same_tree_gives_the_same_bytes() {
+    require_root();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    adversarial_tree(&a, 3000, false);
+    // The same content created in a different order, with other inode
+    // numbers and without sparse files on the source side.
+    fs::create_dir(&b).unwrap();
+    let st = Command::new("cp")
+        .args(["-a", "--sparse=never"])
+        .arg(format!("{}/.", a.display()))
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    build(&a, &work.path().join("a.ext4"), options(false));
+    build(&b, &work.path().join("b.ext4"), options(false));
+    let ha = fs::read(work.path().join("a.ext4")).unwrap();
+    let hb = fs::read(work.path().join("b.ext4")).unwrap();
+    assert!(ha == hb, "images differ");
+    // Another timestamp changes the image.
+    let mut later = options(false);
+    later.timestamp += 1;
+    build(&a, &work.path().join("c.ext4"), later);
+    assert!(fs::read(work.path().join("c.ext4")).unwrap() != ha);
+}
