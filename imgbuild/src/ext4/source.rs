@@ -50,7 +50,7 @@ pub enum SourceError {
 /// What a node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
-    /// A regular file of `size` bytes, read from `NodeData::path` when written.
+    /// A regular file of `size` bytes, read from [`Node::path`] when written.
     File {
         /// Size in bytes.
         size: u64,
@@ -269,4 +269,33 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Source
         action,
         source,
     }
+}
+
+/// The byte ranges of `file` (of `size` bytes) that may hold data, from
+/// `SEEK_DATA`/`SEEK_HOLE`, widened to 4 KiB blocks and merged. Without
+/// support for those (or on a filesystem that reports no holes) the whole
+/// file is one range.
+pub(crate) fn data_ranges(file: &fs::File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    let end = size.next_multiple_of(4096);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(file, SeekFrom::Data(pos)) {
+            Ok(p) => p,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                return Ok(vec![(0, end)]);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let hole = seek(file, SeekFrom::Hole(start)).map_err(io::Error::from)?;
+        let (a, b) = (start / 4096 * 4096, hole.min(size).next_multiple_of(4096));
+        match ranges.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => ranges.push((a, b)),
+        }
+        pos = hole.max(start + 1);
+    }
+    Ok(ranges)
 }

@@ -19,7 +19,7 @@
 //! block exactly once, through a [`BlockSink`].
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -169,6 +169,9 @@ impl Geometry {
         let groups = blocks
             .div_ceil(BLOCKS_PER_GROUP)
             .max(inodes.div_ceil(BLOCKS_PER_GROUP));
+        // More inodes than the blocks' groups can hold: the last group
+        // needs some blocks of its own.
+        let blocks = blocks.max((groups - 1) * BLOCKS_PER_GROUP + 256);
         let inodes_per_group = inodes
             .div_ceil(groups)
             .next_multiple_of(INODES_PER_BLOCK)
@@ -350,7 +353,11 @@ impl Ext4Plan {
         }
 
         // Size: everything the data needs at most, plus metadata.
-        let data_upper: u64 = inodes.iter().map(|i| data_blocks_upper(tree, i)).sum();
+        let shapes = content_shapes(tree)?;
+        let data_upper: u64 = inodes
+            .iter()
+            .map(|i| data_blocks_upper(tree, i, &shapes))
+            .sum();
         let inode_count = u64::from(max_ino);
         let mut blocks = data_upper + 64;
         let needed = loop {
@@ -659,7 +666,7 @@ impl Ext4Plan {
             extents = Some(runs);
         } else if let Some(node) = node {
             match &node.kind {
-                NodeKind::File { size: len } => {
+                NodeKind::File { size: len, .. } => {
                     size = *len;
                     extents = Some(write_file(&node.path, *len, alloc, out, buf, progress)?);
                 }
@@ -737,8 +744,8 @@ fn type_bits(kind: &NodeKind) -> u16 {
     }
 }
 
-/// Upper bound of the data blocks an inode needs (holes can only lower it).
-fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode) -> u64 {
+/// Upper bound of the blocks an inode needs.
+fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode, shapes: &[(u64, u64)]) -> u64 {
     let mut n = planned.dir.as_ref().map_or(0, |d| d.blocks() as u64);
     if let InodeContent::Node(id) = planned.content {
         let node = &tree.nodes[id];
@@ -746,14 +753,15 @@ fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode) -> u64 {
             n += 1;
         }
         match &node.kind {
-            NodeKind::File { size } => {
-                let blocks = size.div_ceil(BLOCK_SIZE);
+            NodeKind::File { .. } => {
+                let (blocks, runs) = shapes[id];
                 n += blocks;
-                if blocks > INODE_EXTENTS as u64 {
-                    // Leaf blocks: one per 340 extents; a dense file has one
-                    // extent per 32768 blocks plus one per superblock copy it
-                    // spans; each hole adds an extent but saves a block.
-                    n += (blocks / u64::from(MAX_EXTENT_LEN) + 64).div_ceil(LEAF_EXTENTS as u64);
+                if runs > INODE_EXTENTS as u64 {
+                    // Leaf blocks: one per 340 extents. Extents: one per run
+                    // of non-zero blocks, plus breaks every 32768 blocks and
+                    // at superblock copies.
+                    let extents = runs + blocks / u64::from(MAX_EXTENT_LEN) + 64;
+                    n += extents.div_ceil(LEAF_EXTENTS as u64);
                 }
             }
             NodeKind::Symlink { target } if target.len() >= 60 => n += 1,
@@ -761,6 +769,58 @@ fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode) -> u64 {
         }
     }
     n
+}
+
+/// For every regular file, the number of non-zero 4 KiB blocks and of runs
+/// of them: what the image will hold, which depends on the content only
+/// (not on how sparse the source file is). Files are read in parallel.
+fn content_shapes(tree: &SourceTree) -> Result<Vec<(u64, u64)>, Ext4Error> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::FileExt;
+    tree.nodes
+        .par_iter()
+        .map(|node| {
+            let NodeKind::File { size } = node.kind else {
+                return Ok((0, 0));
+            };
+            if size == 0 {
+                return Ok((0, 0));
+            }
+            let err = |action| {
+                let path = node.path.clone();
+                move |source| Ext4Error::Source {
+                    path,
+                    action,
+                    source,
+                }
+            };
+            let file = File::open(&node.path).map_err(err("open"))?;
+            let mut buf = vec![0u8; (1 << 20).min(size.next_multiple_of(BLOCK_SIZE) as usize)];
+            let (mut blocks, mut runs, mut prev) = (0u64, 0u64, None::<u64>);
+            for (start, end) in super::source::data_ranges(&file, size).map_err(err("read"))? {
+                let mut offset = start;
+                while offset < end {
+                    let want = ((end - offset) as usize).min(buf.len());
+                    let avail = (size.saturating_sub(offset) as usize).min(want);
+                    file.read_exact_at(&mut buf[..avail], offset)
+                        .map_err(err("read"))?;
+                    buf[avail..want].fill(0);
+                    for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
+                        if !is_zero(block) {
+                            let logical = offset / BLOCK_SIZE + i as u64;
+                            blocks += 1;
+                            if prev != Some(logical.wrapping_sub(1)) {
+                                runs += 1;
+                            }
+                            prev = Some(logical);
+                        }
+                    }
+                    offset += want as u64;
+                }
+            }
+            Ok((blocks, runs))
+        })
+        .collect()
 }
 
 /// Time as stored: the low 32 bits of the seconds, and the extra word
@@ -813,8 +873,9 @@ fn push_block(runs: &mut Vec<ExtentRun>, logical: u32, physical: u64) {
     });
 }
 
-/// Streams a file's contents into newly allocated blocks; all-zero blocks
-/// are left as holes.
+/// Streams a file's contents into newly allocated blocks. Only the ranges
+/// the source reports as data are read; all-zero blocks within them are
+/// left as holes too, so the image depends on the content alone.
 fn write_file<S: BlockSink>(
     path: &Path,
     size: u64,
@@ -823,59 +884,51 @@ fn write_file<S: BlockSink>(
     buf: &mut [u8],
     progress: &dyn Fn(u64),
 ) -> Result<Vec<ExtentRun>, Ext4Error> {
+    use std::os::unix::fs::FileExt;
     let mut runs = Vec::new();
     if size == 0 {
         return Ok(runs);
     }
-    let mut file = File::open(path).map_err(|source| Ext4Error::Source {
-        path: path.to_path_buf(),
-        action: "open",
-        source,
-    })?;
-    let mut logical = 0u64;
-    let mut done = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file
-                .read(&mut buf[filled..])
-                .map_err(|source| Ext4Error::Source {
-                    path: path.to_path_buf(),
-                    action: "read",
-                    source,
-                })?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
+    let err = |action| {
+        let path = path.to_path_buf();
+        move |source| Ext4Error::Source {
+            path,
+            action,
+            source,
         }
-        if filled == 0 {
-            break;
-        }
-        done += filled as u64;
-        if done > size {
-            break;
-        }
-        let padded = filled.next_multiple_of(BLOCK);
-        buf[filled..padded].fill(0);
-        for block in buf[..padded].chunks(BLOCK) {
-            if !is_zero(block) {
-                let at = alloc.run(1)?;
-                out.put(at, block)?;
-                push_block(&mut runs, logical as u32, at);
-            }
-            logical += 1;
-        }
-        progress(filled as u64);
-        if filled < buf.len() {
-            break;
-        }
-    }
-    if done != size {
+    };
+    let file = File::open(path).map_err(err("open"))?;
+    let now = file.metadata().map_err(err("stat"))?.len();
+    if now != size {
         return Err(Ext4Error::Changed {
             path: path.to_path_buf(),
             expected: size,
         });
+    }
+    for (start, end) in super::source::data_ranges(&file, size).map_err(err("read"))? {
+        let mut offset = start;
+        while offset < end {
+            let want = ((end - offset) as usize).min(buf.len());
+            let avail = (size.saturating_sub(offset) as usize).min(want);
+            file.read_exact_at(&mut buf[..avail], offset)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => Ext4Error::Changed {
+                        path: path.to_path_buf(),
+                        expected: size,
+                    },
+                    _ => err("read")(e),
+                })?;
+            buf[avail..want].fill(0);
+            for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
+                if !is_zero(block) {
+                    let at = alloc.run(1)?;
+                    out.put(at, block)?;
+                    push_block(&mut runs, (offset / BLOCK_SIZE) as u32 + i as u32, at);
+                }
+            }
+            progress(avail as u64);
+            offset += want as u64;
+        }
     }
     Ok(runs)
 }
