@@ -10,4 +10,5 @@
 pub mod ext4;
 pub mod fat;
 pub mod gpt;
+pub mod grub;
 pub mod seed;

@@ -85,6 +85,10 @@ pub enum NodeKind {
     Socket,
 }
 
+/// An extended attribute: full name (with its `user.`, `security.`, ...
+/// prefix) and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
 /// One inode's worth of metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -98,8 +102,8 @@ pub struct Node {
     pub gid: u32,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
-    /// Extended attributes `(full name, value)`, sorted by name.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<Xattr>,
     /// Where the node was read from (file contents are read from here).
     pub path: PathBuf,
     /// Number of names (hard links) in the tree.
@@ -230,7 +234,7 @@ impl Scanner {
 }
 
 /// Extended attributes of `path` (not following links), sorted by name.
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SourceError> {
+fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, SourceError> {
     let len = match rustix::fs::llistxattr_query(path) {
         Ok(len) => len,
         // Filesystems without xattr support have none to copy.

@@ -1021,7 +1021,7 @@ const XATTR_PREFIXES: [(&[u8], u8); 4] = [
 
 /// An extended attribute block holding `xattrs`, entries sorted by (index,
 /// name length, name) as the kernel's lookup expects.
-fn xattr_block(xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) -> Result<Vec<u8>, Ext4Error> {
+fn xattr_block(xattrs: &[super::source::Xattr], path: &Path) -> Result<Vec<u8>, Ext4Error> {
     let err = |reason: String| Ext4Error::Xattr {
         path: path.to_path_buf(),
         reason,
