@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod ext4;
 pub mod fat;
 pub mod gpt;

@@ -1,6 +1,248 @@
 //! `cocos-imgbuild`: command-line front end of the `cocos_imgbuild` library.
 
-fn main() {
-    eprintln!("cocos-imgbuild: not implemented yet");
-    std::process::exit(2);
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use cocos_imgbuild::build::{self, Bootloader, BuildConfig};
+use cocos_imgbuild::grub;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(
+    name = "cocos-imgbuild",
+    version,
+    about = "Build reproducible, sparse GPT disk images for confidential VMs"
+)]
+struct Cli {
+    /// Log more (repeat for more detail); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build disk.img and its side artifacts into --out DIR.
+    ///
+    /// Inputs come from flags and/or --config image.toml (flags win).
+    /// SOURCE_DATE_EPOCH (environment) stamps every timestamp; --seed drives
+    /// every UUID and salt. Two builds of the same inputs are bit-identical.
+    Build(BuildArgs),
+}
+
+#[derive(Args, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BuildArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Image description (TOML with the same keys as these flags).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Root tree (a directory).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Kernel image (bzImage).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initramfs (copied to rootfs.cpio.gz and the ESP).
+    #[arg(long, value_name = "FILE")]
+    initramfs: Option<PathBuf>,
+    /// A prebuilt EFI bootloader instead of building GRUB.
+    #[arg(long, value_name = "FILE")]
+    bootloader: Option<PathBuf>,
+    /// GRUB modules, space separated [default: boot linux echo normal part_gpt fat ls search tpm].
+    #[arg(long, value_name = "LIST")]
+    grub_modules: Option<String>,
+    /// GRUB module directory [default: /usr/lib/grub/x86_64-efi].
+    #[arg(long, value_name = "DIR")]
+    grub_modules_dir: Option<PathBuf>,
+    /// Extra kernel command line options.
+    #[arg(long, value_name = "EXTRA")]
+    cmdline: Option<String>,
+    /// ESP size (e.g. 256M) [default: 256M].
+    #[arg(long, value_name = "SIZE")]
+    esp_size: Option<String>,
+    /// Root filesystem size [default: the tree plus 10%].
+    #[arg(long, value_name = "SIZE")]
+    root_size: Option<String>,
+    /// Size of the blank cocos partition (sparse) [default: 20G].
+    #[arg(long, value_name = "SIZE")]
+    cocos_size: Option<String>,
+    /// Seed of every UUID and salt [default: the nil UUID].
+    #[arg(long, value_name = "UUID")]
+    seed: Option<Uuid>,
+    /// Own every file by 0:0 (unprivileged builds cannot chown the tree).
+    #[arg(long)]
+    #[serde(default)]
+    root_owned: bool,
+    /// Print one JSON summary object on stdout.
+    #[arg(long)]
+    #[serde(skip)]
+    json: bool,
+}
+
+/// Parses `256M`, `20G`, `1048576`, `4K`, `2T` (binary units).
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => bail!("{s:?}: unknown size unit {c:?} (use K, M, G or T)"),
+            };
+            (&s[..i], mult)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("{s:?} is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Build(args) => run_build(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cocos-imgbuild: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = ["warn", "info", "debug", "trace"][usize::from(verbose.min(3))];
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: &Path) -> Result<BuildArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the image description", path.display()))?;
+    let mut args: BuildArgs = toml::from_str(&text)
+        .with_context(|| format!("{}: invalid image description", path.display()))?;
+    // Relative paths in the file are relative to the file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [
+        &mut args.out,
+        &mut args.rootfs,
+        &mut args.kernel,
+        &mut args.initramfs,
+        &mut args.bootloader,
+        &mut args.grub_modules_dir,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    Ok(args)
+}
+
+fn run_build(flags: BuildArgs) -> Result<()> {
+    let file = match &flags.config {
+        Some(path) => load_config(path)?,
+        None => BuildArgs::default(),
+    };
+    // Flags win over the file.
+    let json = flags.json;
+    let pick = |a: Option<PathBuf>, b: Option<PathBuf>| a.or(b);
+    let out = pick(flags.out, file.out).context("--out DIR is required")?;
+    let rootfs = pick(flags.rootfs, file.rootfs).context("--rootfs DIR is required")?;
+    let kernel = pick(flags.kernel, file.kernel).context("--kernel FILE is required")?;
+    let initramfs =
+        pick(flags.initramfs, file.initramfs).context("--initramfs FILE is required")?;
+    let bootloader = match pick(flags.bootloader, file.bootloader) {
+        Some(path) => Bootloader::Prebuilt(path),
+        None => Bootloader::Grub {
+            modules: flags
+                .grub_modules
+                .or(file.grub_modules)
+                .map(|m| m.split_whitespace().map(String::from).collect())
+                .unwrap_or_else(|| {
+                    grub::DEFAULT_MODULES
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect()
+                }),
+            modules_dir: pick(flags.grub_modules_dir, file.grub_modules_dir)
+                .unwrap_or_else(|| PathBuf::from(grub::DEFAULT_MODULES_DIR)),
+        },
+    };
+    let size = |a: Option<String>, b: Option<String>, default: Option<&str>, what: &str| {
+        a.or(b)
+            .or(default.map(String::from))
+            .map(|s| parse_size(&s).with_context(|| format!("--{what}")))
+            .transpose()
+    };
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        Err(_) => 0,
+    };
+    let cfg = BuildConfig {
+        out_dir: out,
+        rootfs,
+        kernel,
+        initramfs,
+        bootloader,
+        cmdline: flags.cmdline.or(file.cmdline).unwrap_or_default(),
+        esp_size: size(flags.esp_size, file.esp_size, Some("256M"), "esp-size")?
+            .unwrap_or(256 << 20),
+        root_size: size(flags.root_size, file.root_size, None, "root-size")?,
+        cocos_size: size(flags.cocos_size, file.cocos_size, Some("20G"), "cocos-size")?
+            .unwrap_or(20 << 30),
+        seed: flags.seed.or(file.seed).unwrap_or_default(),
+        source_date_epoch,
+        root_owned: flags.root_owned || file.root_owned,
+    };
+
+    let bar = if std::io::stderr().is_terminal() && !json {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "writing root filesystem [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let summary = build::build(&cfg, &|total| bar.set_length(total), &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("Built {}", summary.out_dir.display());
+        println!("Root hash:      {}", summary.root_hash);
+        println!("Kernel cmdline: {}", summary.kernel_cmdline);
+        for a in &summary.artifacts {
+            println!("  {:<22} {:>12} bytes  sha256 {}", a.path, a.size, a.sha256);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,586 @@
+//! `cocos-imgbuild build`: the pipeline as one readable sequence.
+//!
+//! 1. Scan the root tree and plan its ext4 filesystem (sizes known, nothing
+//!    written yet); plan the partitions.
+//! 2. Write the ext4 blocks straight into partition 2 of `disk.img` and into
+//!    `rootfs.ext4`, hashing each block for dm-verity as it is written.
+//! 3. Write the verity superblock and tree into partition 3 and
+//!    `rootfs.verity`.
+//! 4. Put the root hash on the kernel command line, build GRUB with that
+//!    configuration embedded, and write the FAT ESP into partition 1.
+//! 5. Write the GPT, whose root and verity GUIDs come from the root hash.
+//! 6. Write `manifest.json`, then move every artifact into place.
+//!
+//! Everything goes to temporary names in the output directory first; on
+//! failure they are removed, so no partial `disk.img` looks complete.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cocos_measure::verity::{
+    BlockSize, HashAlgorithm, HashAreaLayout, HashTreeBuilder, Salt, TreeGeometry, TreeParams,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceError, SourceTree};
+use crate::fat::{self, EspFile, EspSource, EspSpec, FatError};
+use crate::gpt::{self, GptError, PartitionSpec};
+use crate::grub::{self, GrubError};
+use crate::seed::Seed;
+
+/// Where the bootloader comes from.
+#[derive(Debug, Clone)]
+pub enum Bootloader {
+    /// A prebuilt EFI binary, used as is (its configuration must find
+    /// `EFI/BOOT/grub.cfg`).
+    Prebuilt(PathBuf),
+    /// GRUB built with `grub-mkimage` from these modules.
+    Grub {
+        /// Module names.
+        modules: Vec<String>,
+        /// Directory holding them.
+        modules_dir: PathBuf,
+    },
+}
+
+/// Everything a build needs.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Root tree (a directory).
+    pub rootfs: PathBuf,
+    /// Kernel (bzImage).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initramfs: PathBuf,
+    /// Bootloader.
+    pub bootloader: Bootloader,
+    /// Extra kernel command line options.
+    pub cmdline: String,
+    /// ESP size in bytes.
+    pub esp_size: u64,
+    /// Root filesystem size in bytes (default: the tree plus 10%).
+    pub root_size: Option<u64>,
+    /// Size of the blank `cocos` partition in bytes.
+    pub cocos_size: u64,
+    /// Seed of every UUID and salt.
+    pub seed: Uuid,
+    /// SOURCE_DATE_EPOCH.
+    pub source_date_epoch: i64,
+    /// Make every file owned by 0:0.
+    pub root_owned: bool,
+}
+
+/// A failed build. Each variant says which step and which file.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// An input or output file problem.
+    #[error("{}: cannot {action}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A missing input.
+    #[error("{}: {what} not found", path.display())]
+    MissingInput {
+        /// The path.
+        path: PathBuf,
+        /// Which input.
+        what: &'static str,
+    },
+    /// The root tree could not be read.
+    #[error("reading the root tree")]
+    Source(#[from] SourceError),
+    /// The root filesystem could not be built.
+    #[error("building the root filesystem")]
+    Ext4(#[from] Ext4Error),
+    /// The verity tree could not be built.
+    #[error("building the dm-verity tree")]
+    Verity(String),
+    /// GRUB could not be built.
+    #[error("building GRUB")]
+    Grub(#[from] GrubError),
+    /// The ESP could not be written.
+    #[error("writing the EFI system partition")]
+    Fat(#[from] FatError),
+    /// The partition table could not be written.
+    #[error("writing the partition table")]
+    Gpt(#[from] GptError),
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BuildError {
+    let path = path.to_path_buf();
+    move |source| BuildError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// The dm-verity parameters recorded in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerityInfo {
+    /// Hash algorithm.
+    pub algorithm: HashAlgorithm,
+    /// Data block size.
+    pub data_block_size: BlockSize,
+    /// Hash block size.
+    pub hash_block_size: BlockSize,
+    /// Data blocks covered (the whole root partition).
+    pub data_blocks: u64,
+    /// Salt, hex.
+    pub salt: String,
+    /// Superblock UUID.
+    pub uuid: Uuid,
+    /// Root hash, hex.
+    pub root_hash: String,
+    /// Format version (hash type).
+    pub hash_type: u32,
+}
+
+/// One file of the build, with its digest.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileDigest {
+    /// Path (artifacts: name in the output directory; inputs: as given).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// `manifest.json`: everything a verifier needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// Tool name and version.
+    pub tool: String,
+    /// SOURCE_DATE_EPOCH used.
+    pub source_date_epoch: i64,
+    /// Image seed.
+    pub seed: Uuid,
+    /// Kernel command line (in GRUB's embedded configuration).
+    pub kernel_cmdline: String,
+    /// dm-verity parameters and root hash.
+    pub verity: VerityInfo,
+    /// The partition table.
+    pub partitions: gpt::DiskLayout,
+    /// Files on the ESP.
+    pub esp: Vec<fat::EspEntry>,
+    /// Output files. `disk.img` is listed by partition (`disk.img#N`): its
+    /// `cocos` partition and free space are zeros by construction.
+    pub artifacts: Vec<FileDigest>,
+    /// Input files.
+    pub inputs: Vec<FileDigest>,
+}
+
+/// What `build` reports (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildSummary {
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Root hash, hex.
+    pub root_hash: String,
+    /// Kernel command line.
+    pub kernel_cmdline: String,
+    /// Disk size in bytes.
+    pub disk_size: u64,
+    /// Root filesystem size in bytes.
+    pub root_size: u64,
+    /// Hash partition size in bytes.
+    pub verity_size: u64,
+    /// Artifacts with digests.
+    pub artifacts: Vec<FileDigest>,
+}
+
+/// Names of the artifacts in the output directory.
+pub mod artifact {
+    /// The bootable disk.
+    pub const DISK: &str = "disk.img";
+    /// The root filesystem image.
+    pub const ROOTFS: &str = "rootfs.ext4";
+    /// The hash tree.
+    pub const VERITY: &str = "rootfs.verity";
+    /// The root hash.
+    pub const ROOTHASH: &str = "rootfs.roothash";
+    /// The initramfs.
+    pub const INITRAMFS: &str = "rootfs.cpio.gz";
+    /// The manifest.
+    pub const MANIFEST: &str = "manifest.json";
+}
+
+/// Files written under temporary names, renamed into place by `commit` and
+/// removed on drop otherwise.
+struct Staging {
+    dir: PathBuf,
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staging {
+    fn new(dir: &Path) -> Self {
+        Staging {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Creates the temporary file for artifact `name`.
+    fn create(&mut self, name: &str) -> Result<File, BuildError> {
+        let temp = self.dir.join(format!(".{name}.partial"));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(io_err(&temp, "create"))?;
+        self.files.push((temp, self.dir.join(name)));
+        Ok(file)
+    }
+
+    fn commit(mut self) -> Result<(), BuildError> {
+        for (temp, dest) in std::mem::take(&mut self.files) {
+            std::fs::rename(&temp, &dest).map_err(io_err(&dest, "move into place"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        for (temp, _) in &self.files {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+/// Writes each ext4 block to the disk image, to `rootfs.ext4`, and into
+/// the dm-verity tree.
+struct TeeSink<'a> {
+    disk: FileSink<'a>,
+    rootfs: FileSink<'a>,
+    verity: HashTreeBuilder,
+}
+
+impl BlockSink for TeeSink<'_> {
+    fn write_blocks(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
+        self.disk.write_blocks(first, data)?;
+        self.rootfs.write_blocks(first, data)?;
+        self.verity
+            .update_at(first, data)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// Runs the whole build. `progress` is told the total bytes to write, then
+/// the bytes written.
+pub fn build(
+    cfg: &BuildConfig,
+    progress_total: &dyn Fn(u64),
+    progress: &dyn Fn(u64),
+) -> Result<BuildSummary, BuildError> {
+    let seed = Seed::new(cfg.seed);
+    for (path, what) in [
+        (&cfg.rootfs, "root tree"),
+        (&cfg.kernel, "kernel"),
+        (&cfg.initramfs, "initramfs"),
+    ] {
+        if !path.exists() {
+            return Err(BuildError::MissingInput {
+                path: path.clone(),
+                what,
+            });
+        }
+    }
+    if let Bootloader::Prebuilt(path) = &cfg.bootloader {
+        if !path.exists() {
+            return Err(BuildError::MissingInput {
+                path: path.clone(),
+                what: "bootloader",
+            });
+        }
+    }
+    std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
+    let mut staging = Staging::new(&cfg.out_dir);
+
+    // 1. Plan the root filesystem, its hash tree and the partitions.
+    let tree = SourceTree::scan(&cfg.rootfs)?;
+    let ext4 = Ext4Plan::new(
+        &tree,
+        Ext4Options {
+            uuid: seed.uuid_for("ext4:uuid"),
+            hash_seed: seed.uuid_for("ext4:hash-seed"),
+            timestamp: cfg.source_date_epoch,
+            root_owned: cfg.root_owned,
+            size: cfg.root_size,
+            label: "root".into(),
+        },
+    )?;
+    let verity_params = TreeParams {
+        algorithm: HashAlgorithm::Sha256,
+        data_block_size: BlockSize::DEFAULT,
+        hash_block_size: BlockSize::DEFAULT,
+        salt: Salt::new(seed.bytes_for("verity:salt", 32))
+            .map_err(|e| BuildError::Verity(e.to_string()))?,
+    };
+    let verity_uuid = seed.uuid_for("verity:uuid");
+    let verity_geometry = TreeGeometry::new(&verity_params, ext4.blocks())
+        .map_err(|e| BuildError::Verity(e.to_string()))?;
+    let verity_area = HashAreaLayout::new(0, true, verity_params.hash_block_size)
+        .and_then(|l| l.end(&verity_geometry))
+        .map_err(|e| BuildError::Verity(e.to_string()))?;
+    let specs = |root: Uuid, verity: Uuid| {
+        [
+            PartitionSpec {
+                name: "esp".into(),
+                type_guid: gpt::ESP_TYPE,
+                unique_guid: seed.uuid_for("gpt:esp"),
+                size: cfg.esp_size,
+            },
+            PartitionSpec {
+                name: "root".into(),
+                type_guid: gpt::ROOT_X86_64_TYPE,
+                unique_guid: root,
+                size: ext4.size(),
+            },
+            PartitionSpec {
+                name: "root-verity".into(),
+                type_guid: gpt::ROOT_X86_64_VERITY_TYPE,
+                unique_guid: verity,
+                size: verity_area,
+            },
+            PartitionSpec {
+                name: "cocos".into(),
+                type_guid: gpt::LINUX_DATA_TYPE,
+                unique_guid: seed.uuid_for("gpt:cocos"),
+                size: cfg.cocos_size,
+            },
+        ]
+    };
+    // Offsets do not depend on the GUIDs; placeholders until the root hash
+    // is known.
+    let disk_guid = seed.uuid_for("gpt:disk");
+    let layout = gpt::plan_layout(
+        disk_guid,
+        &specs(
+            seed.uuid_for("gpt:root-placeholder"),
+            seed.uuid_for("gpt:verity-placeholder"),
+        ),
+    )?;
+    let part = |name: &str| {
+        layout
+            .partition(name)
+            .map(|p| (p.offset, p.size))
+            .ok_or_else(|| BuildError::Verity(format!("no {name} partition planned")))
+    };
+    let (esp_offset, esp_size) = part("esp")?;
+    let (root_offset, _) = part("root")?;
+    let (verity_offset, _) = part("root-verity")?;
+
+    // 2. The root filesystem, hashed as it is written.
+    let disk = staging.create(artifact::DISK)?;
+    disk.set_len(layout.disk_size)
+        .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
+    let rootfs = staging.create(artifact::ROOTFS)?;
+    rootfs
+        .set_len(ext4.size())
+        .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "size"))?;
+    progress_total(ext4.size());
+    let mut sink = TeeSink {
+        disk: FileSink::new(&disk, root_offset),
+        rootfs: FileSink::new(&rootfs, 0),
+        verity: HashTreeBuilder::for_blocks(verity_params.clone(), ext4.blocks())
+            .map_err(|e| BuildError::Verity(e.to_string()))?,
+    };
+    ext4.write(&tree, &mut sink, progress)?;
+    let tree_hash = sink
+        .verity
+        .finish()
+        .map_err(|e| BuildError::Verity(e.to_string()))?;
+    let root_hash = tree_hash.root_hash().to_hex();
+
+    // 3. The hash partition and rootfs.verity.
+    let verity_file = staging.create(artifact::VERITY)?;
+    let verity_path = cfg.out_dir.join(artifact::VERITY);
+    let mut disk_w = &disk;
+    let area = |offset| {
+        HashAreaLayout::new(offset, true, verity_params.hash_block_size)
+            .map_err(|e| BuildError::Verity(e.to_string()))
+    };
+    tree_hash
+        .write_hash_area(&mut disk_w, &area(verity_offset)?, Some(verity_uuid))
+        .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "write"))?;
+    let mut verity_w = &verity_file;
+    tree_hash
+        .write_hash_area(&mut verity_w, &area(0)?, Some(verity_uuid))
+        .map_err(io_err(&verity_path, "write"))?;
+
+    // 4. Command line, GRUB, ESP.
+    let cmdline = grub::kernel_cmdline(&root_hash, &cfg.cmdline);
+    let grub_cfg = grub::config(&cmdline);
+    let bootloader = match &cfg.bootloader {
+        Bootloader::Prebuilt(path) => EspSource::File(path.clone()),
+        Bootloader::Grub {
+            modules,
+            modules_dir,
+        } => {
+            let work = tempfile::tempdir_in(&cfg.out_dir)
+                .map_err(io_err(&cfg.out_dir, "create a temporary directory in"))?;
+            EspSource::Bytes(grub::mkimage(&grub_cfg, modules, modules_dir, work.path())?)
+        }
+    };
+    let esp = fat::write_esp(
+        &disk,
+        esp_offset,
+        &EspSpec {
+            size: esp_size,
+            volume_id: seed.u32_for("esp:volume-id"),
+            label: "ESP".into(),
+            timestamp: cfg.source_date_epoch,
+            files: vec![
+                EspFile {
+                    path: "EFI/BOOT/BOOTX64.EFI".into(),
+                    source: bootloader,
+                },
+                EspFile {
+                    path: "EFI/BOOT/grub.cfg".into(),
+                    source: EspSource::Bytes(grub_cfg.clone().into_bytes()),
+                },
+                EspFile {
+                    path: grub::KERNEL_PATH.into(),
+                    source: EspSource::File(cfg.kernel.clone()),
+                },
+                EspFile {
+                    path: grub::INITRD_PATH.into(),
+                    source: EspSource::File(cfg.initramfs.clone()),
+                },
+            ],
+        },
+    )?;
+
+    // 5. The partition table, with the GUIDs from the root hash.
+    let (root_guid, verity_guid) = gpt::verity_partition_uuids(tree_hash.root_hash().as_bytes());
+    let layout = gpt::plan_layout(disk_guid, &specs(root_guid, verity_guid))?;
+    gpt::write_gpt(&disk, &layout)?;
+
+    // 6. Side artifacts and the manifest.
+    let initramfs = staging.create(artifact::INITRAMFS)?;
+    std::io::copy(
+        &mut File::open(&cfg.initramfs).map_err(io_err(&cfg.initramfs, "read"))?,
+        &mut &initramfs,
+    )
+    .map_err(io_err(&cfg.initramfs, "copy"))?;
+    let roothash_file = staging.create(artifact::ROOTHASH)?;
+    std::io::Write::write_all(&mut &roothash_file, format!("{root_hash}\n").as_bytes())
+        .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
+
+    let mut artifacts = Vec::new();
+    for p in &layout.partitions {
+        // The cocos partition is zeros by construction: no need to read 20 GiB.
+        if p.name == "cocos" {
+            continue;
+        }
+        artifacts.push(digest_range(
+            &disk,
+            &format!("{}#{}", artifact::DISK, p.number),
+            p.offset,
+            p.size,
+        )?);
+    }
+    for (name, file) in [
+        (artifact::ROOTFS, &rootfs),
+        (artifact::VERITY, &verity_file),
+        (artifact::ROOTHASH, &roothash_file),
+        (artifact::INITRAMFS, &initramfs),
+    ] {
+        let len = file
+            .metadata()
+            .map_err(io_err(&cfg.out_dir.join(name), "stat"))?
+            .len();
+        artifacts.push(digest_range(file, name, 0, len)?);
+    }
+    let mut inputs = Vec::new();
+    for path in [&cfg.kernel, &cfg.initramfs] {
+        let f = File::open(path).map_err(io_err(path, "read"))?;
+        let len = f.metadata().map_err(io_err(path, "stat"))?.len();
+        inputs.push(digest_range(&f, &path.display().to_string(), 0, len)?);
+    }
+    let manifest = Manifest {
+        tool: format!("cocos-imgbuild {}", env!("CARGO_PKG_VERSION")),
+        source_date_epoch: cfg.source_date_epoch,
+        seed: cfg.seed,
+        kernel_cmdline: cmdline.clone(),
+        verity: VerityInfo {
+            algorithm: verity_params.algorithm,
+            data_block_size: verity_params.data_block_size,
+            hash_block_size: verity_params.hash_block_size,
+            data_blocks: ext4.blocks(),
+            salt: hex_of(verity_params.salt.as_bytes()),
+            uuid: verity_uuid,
+            root_hash: root_hash.clone(),
+            hash_type: 1,
+        },
+        partitions: layout.clone(),
+        esp: esp.files.clone(),
+        artifacts: artifacts.clone(),
+        inputs,
+    };
+    let manifest_file = staging.create(artifact::MANIFEST)?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Verity(e.to_string()))?;
+    std::io::Write::write_all(&mut &manifest_file, &json)
+        .map_err(io_err(&cfg.out_dir.join(artifact::MANIFEST), "write"))?;
+    for f in [
+        &disk,
+        &rootfs,
+        &verity_file,
+        &initramfs,
+        &roothash_file,
+        &manifest_file,
+    ] {
+        f.sync_all().map_err(io_err(&cfg.out_dir, "sync"))?;
+    }
+    staging.commit()?;
+
+    Ok(BuildSummary {
+        out_dir: cfg.out_dir.clone(),
+        root_hash,
+        kernel_cmdline: cmdline,
+        disk_size: layout.disk_size,
+        root_size: ext4.size(),
+        verity_size: verity_area,
+        artifacts,
+    })
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `len` bytes of `file` from `offset`.
+fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDigest, BuildError> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + done)
+            .map_err(io_err(Path::new(name), "read back"))?;
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(FileDigest {
+        path: name.to_owned(),
+        size: len,
+        sha256: hex_of(&h.finalize()),
+    })
+}
