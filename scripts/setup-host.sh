@@ -2,12 +2,17 @@
 # Installs the Debian packages the project's commands, tests and benchmarks
 # need, when they are missing. Needs root or sudo; run on Debian 12 or later.
 #
-#   cryptsetup-bin  veritysetup: the reference the dm-verity tests compare against
-#   e2fsprogs       mkfs.ext4: builds the sample image of scripts/demo.sh
-#   time            /usr/bin/time: peak memory in scripts/bench-verity.sh
+#   cryptsetup-bin      veritysetup: the dm-verity reference
+#   e2fsprogs           e2fsck, debugfs, mke2fs: ext4 checks and reference
+#   dosfstools mtools   fsck.fat, mdir/mtype/mcopy: ESP checks
+#   gdisk fdisk         sgdisk -v, sfdisk --json: partition table checks
+#   grub-efi-amd64-bin grub-common   GRUB EFI modules and grub-mkimage
+#   genimage debootstrap   the replaced pipeline and the Debian tree of the benchmark
+#   time                /usr/bin/time: peak memory in the benchmarks
 set -euo pipefail
 
-packages=(cryptsetup-bin e2fsprogs time)
+packages=(cryptsetup-bin e2fsprogs dosfstools mtools gdisk fdisk grub-efi-amd64-bin grub-common
+  genimage debootstrap time)
 
 missing=()
 for p in "${packages[@]}"; do

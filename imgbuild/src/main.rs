@@ -31,8 +31,11 @@ enum Command {
     /// Build disk.img and its side artifacts into --out DIR.
     ///
     /// Inputs come from flags and/or --config image.toml (flags win).
-    /// SOURCE_DATE_EPOCH (environment) stamps every timestamp; --seed drives
-    /// every UUID and salt. Two builds of the same inputs are bit-identical.
+    /// SOURCE_DATE_EPOCH (environment; default 1980-01-01) stamps every
+    /// timestamp and clamps file mtimes; --seed drives every UUID and salt.
+    /// Two builds of the same inputs are bit-identical. Writes disk.img,
+    /// rootfs.ext4, rootfs.verity, rootfs.roothash, rootfs.cpio.gz and
+    /// manifest.json; nothing is left behind on failure.
     Build(BuildArgs),
 }
 
@@ -203,7 +206,9 @@ fn run_build(flags: BuildArgs) -> Result<()> {
             .trim()
             .parse()
             .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        Err(_) => 0,
+        // Unset: 1980-01-01, the earliest time every format in the image
+        // (FAT included) can hold, so builds stay reproducible.
+        Err(_) => 315_532_800,
     };
     let cfg = BuildConfig {
         out_dir: out,

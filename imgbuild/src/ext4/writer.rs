@@ -383,9 +383,10 @@ impl Ext4Plan {
             // blocks out of the filesystem, as mke2fs does.
             geometry = Geometry::new((geometry.groups - 1) * BLOCKS_PER_GROUP, inode_count)?;
         }
-        if geometry.overhead() + data_upper > geometry.blocks {
+        // An explicit size is never grown (Geometry::new raises tiny sizes).
+        if geometry.overhead() + data_upper > geometry.blocks || geometry.blocks > blocks {
             return Err(Ext4Error::TooSmall {
-                needed: (geometry.overhead() + data_upper) * BLOCK_SIZE,
+                needed: (geometry.overhead() + data_upper).max(needed) * BLOCK_SIZE,
                 size: blocks * BLOCK_SIZE,
             });
         }
