@@ -12,4 +12,5 @@ pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod grub;
+pub mod inspect;
 pub mod seed;

@@ -36,7 +36,17 @@ enum Command {
     /// Two builds of the same inputs are bit-identical. Writes disk.img,
     /// rootfs.ext4, rootfs.verity, rootfs.roothash, rootfs.cpio.gz and
     /// manifest.json; nothing is left behind on failure.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
+    /// Show a disk.img (partitions, ESP files, kernel command line, verity
+    /// parameters) and re-verify its root against the root hash it boots
+    /// with. Exit 1 on any mismatch, 2 when the image cannot be read.
+    Inspect {
+        /// The disk image.
+        disk: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Default, Deserialize)]
@@ -119,10 +129,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Build(args) => run_build(args),
+        Command::Build(args) => run_build(*args).map(|()| ExitCode::SUCCESS),
+        Command::Inspect { disk, json } => run_inspect(&disk, json),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("cocos-imgbuild: {err:#}");
             ExitCode::from(2)
@@ -250,4 +261,42 @@ fn run_build(flags: BuildArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_inspect(disk: &Path, json: bool) -> Result<ExitCode> {
+    let r = cocos_imgbuild::inspect::inspect(disk)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "Disk {} ({} bytes, GUID {})",
+            disk.display(),
+            r.partitions.disk_size,
+            r.partitions.disk_guid
+        );
+        for p in &r.partitions.partitions {
+            println!(
+                "  {} {:<12} offset {:>12}  size {:>12}  type {}  uuid {}",
+                p.number, p.name, p.offset, p.size, p.type_guid, p.unique_guid
+            );
+        }
+        println!("ESP files:");
+        for f in &r.esp_files {
+            println!("  {:<24} {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
+        }
+        println!("Kernel cmdline: {}", r.kernel_cmdline);
+        println!("Verity:         {}", r.verity);
+        println!("Root hash:      {}", r.root_hash);
+        if r.verification.ok {
+            println!("Root verified:  the root partition hashes to the root hash");
+        }
+    }
+    for p in &r.verification.problems {
+        eprintln!("cocos-imgbuild: {}: {p}", disk.display());
+    }
+    Ok(if r.verification.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

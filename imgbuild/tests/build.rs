@@ -393,3 +393,55 @@ fn missing_inputs_and_unwritable_outputs_are_named() {
     // Nothing that looks like a finished image is left behind.
     assert!(!work.path().join("out/disk.img").exists());
 }
+
+#[test]
+fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let summary = build(&inp, &inp.tree_a, &out, "1700000000", SEED);
+    let disk = out.join("disk.img");
+    let inspect = |disk: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args(["inspect", "--json"])
+            .arg(disk)
+            .output()
+            .unwrap()
+    };
+    let o = inspect(&disk);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["root_hash"], summary["root_hash"]);
+    assert_eq!(v["kernel_cmdline"], summary["kernel_cmdline"]);
+    assert_eq!(v["verification"]["ok"], true);
+    let files: Vec<&str> = v["esp_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "EFI/BOOT/BOOTX64.EFI",
+            "EFI/BOOT/grub.cfg",
+            "bzImage",
+            "initrd.cpio.gz"
+        ]
+    );
+
+    // One byte of the root partition changed: exit 1, named.
+    let (start, size) = partition(&disk, 2);
+    let bad = work.path().join("bad.img");
+    fs::copy(&disk, &bad).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().read(true).write(true).open(&bad).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, start + size / 3).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], start + size / 3).unwrap();
+    }
+    let o = inspect(&bad);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not to the roothash="));
+}
