@@ -37,6 +37,24 @@ enum Command {
     /// rootfs.ext4, rootfs.verity, rootfs.roothash, rootfs.cpio.gz and
     /// manifest.json; nothing is left behind on failure.
     Build(Box<BuildArgs>),
+    /// Write only the ext4 root filesystem of a tree (no verity, no disk).
+    Mkfs {
+        /// Root tree (a directory).
+        #[arg(long, value_name = "DIR")]
+        rootfs: PathBuf,
+        /// Output file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Size [default: the tree plus 10%].
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+        /// Seed of the UUID and hash seed [default: the nil UUID].
+        #[arg(long, value_name = "UUID")]
+        seed: Option<Uuid>,
+        /// Own every file by 0:0.
+        #[arg(long)]
+        root_owned: bool,
+    },
     /// Show a disk.img (partitions, ESP files, kernel command line, verity
     /// parameters) and re-verify its root against the root hash it boots
     /// with. Exit 1 on any mismatch, 2 when the image cannot be read.
@@ -131,6 +149,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => run_build(*args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { disk, json } => run_inspect(&disk, json),
+        Command::Mkfs {
+            rootfs,
+            out,
+            size,
+            seed,
+            root_owned,
+        } => run_mkfs(&rootfs, &out, size, seed, root_owned).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -212,15 +237,7 @@ fn run_build(flags: BuildArgs) -> Result<()> {
             .map(|s| parse_size(&s).with_context(|| format!("--{what}")))
             .transpose()
     };
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        // Unset: 1980-01-01, the earliest time every format in the image
-        // (FAT included) can hold, so builds stay reproducible.
-        Err(_) => 315_532_800,
-    };
+    let source_date_epoch = source_date_epoch()?;
     let cfg = BuildConfig {
         out_dir: out,
         rootfs,
@@ -299,4 +316,50 @@ fn run_inspect(disk: &Path, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn source_date_epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        // Unset: 1980-01-01, the earliest time every format in the image
+        // (FAT included) can hold, so builds stay reproducible.
+        Err(_) => Ok(315_532_800),
+    }
+}
+
+fn run_mkfs(
+    rootfs: &Path,
+    out: &Path,
+    size: Option<String>,
+    seed: Option<Uuid>,
+    root_owned: bool,
+) -> Result<()> {
+    use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+    let seed = cocos_imgbuild::seed::Seed::new(seed.unwrap_or_default());
+    let tree = SourceTree::scan(rootfs)?;
+    let plan = Ext4Plan::new(
+        &tree,
+        Ext4Options {
+            uuid: seed.uuid_for("ext4:uuid"),
+            hash_seed: seed.uuid_for("ext4:hash-seed"),
+            timestamp: source_date_epoch()?,
+            root_owned,
+            size: size.map(|s| parse_size(&s)).transpose()?,
+            label: "root".into(),
+        },
+    )?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot create", out.display()))?;
+    temp.as_file().set_len(plan.size())?;
+    plan.write(&tree, &mut FileSink::new(temp.as_file(), 0), &|_| {})?;
+    temp.persist(out)
+        .with_context(|| format!("{}: cannot move into place", out.display()))?;
+    Ok(())
 }

@@ -436,7 +436,11 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
     fs::copy(&disk, &bad).unwrap();
     {
         use std::os::unix::fs::FileExt;
-        let f = fs::OpenOptions::new().read(true).write(true).open(&bad).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&bad)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, start + size / 3).unwrap();
         f.write_all_at(&[b[0] ^ 0xff], start + size / 3).unwrap();

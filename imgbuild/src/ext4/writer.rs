@@ -353,11 +353,7 @@ impl Ext4Plan {
         }
 
         // Size: everything the data needs at most, plus metadata.
-        let shapes = content_shapes(tree)?;
-        let data_upper: u64 = inodes
-            .iter()
-            .map(|i| data_blocks_upper(tree, i, &shapes))
-            .sum();
+        let data_upper: u64 = inodes.iter().map(|i| data_blocks_upper(tree, i)).sum();
         let inode_count = u64::from(max_ino);
         let mut blocks = data_upper + 64;
         let needed = loop {
@@ -745,8 +741,11 @@ fn type_bits(kind: &NodeKind) -> u16 {
     }
 }
 
-/// Upper bound of the blocks an inode needs.
-fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode, shapes: &[(u64, u64)]) -> u64 {
+/// Upper bound of the blocks an inode needs. It depends on sizes only, not
+/// on content or on how sparse the source is, so the default filesystem
+/// size is reproducible without reading any file; zero blocks found while
+/// writing only leave more free space.
+fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode) -> u64 {
     let mut n = planned.dir.as_ref().map_or(0, |d| d.blocks() as u64);
     if let InodeContent::Node(id) = planned.content {
         let node = &tree.nodes[id];
@@ -754,14 +753,14 @@ fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode, shapes: &[(u64, 
             n += 1;
         }
         match &node.kind {
-            NodeKind::File { .. } => {
-                let (blocks, runs) = shapes[id];
+            NodeKind::File { size } => {
+                let blocks = size.div_ceil(BLOCK_SIZE);
                 n += blocks;
-                if runs > INODE_EXTENTS as u64 {
-                    // Leaf blocks: one per 340 extents. Extents: one per run
-                    // of non-zero blocks, plus breaks every 32768 blocks and
-                    // at superblock copies.
-                    let extents = runs + blocks / u64::from(MAX_EXTENT_LEN) + 64;
+                if blocks > INODE_EXTENTS as u64 {
+                    // Leaf blocks: one per 340 extents. A dense file has one
+                    // extent per 32768 blocks plus one per superblock copy
+                    // it crosses; each hole adds an extent but saves a block.
+                    let extents = blocks / u64::from(MAX_EXTENT_LEN) + 64;
                     n += extents.div_ceil(LEAF_EXTENTS as u64);
                 }
             }
@@ -770,58 +769,6 @@ fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode, shapes: &[(u64, 
         }
     }
     n
-}
-
-/// For every regular file, the number of non-zero 4 KiB blocks and of runs
-/// of them: what the image will hold, which depends on the content only
-/// (not on how sparse the source file is). Files are read in parallel.
-fn content_shapes(tree: &SourceTree) -> Result<Vec<(u64, u64)>, Ext4Error> {
-    use rayon::prelude::*;
-    use std::os::unix::fs::FileExt;
-    tree.nodes
-        .par_iter()
-        .map(|node| {
-            let NodeKind::File { size } = node.kind else {
-                return Ok((0, 0));
-            };
-            if size == 0 {
-                return Ok((0, 0));
-            }
-            let err = |action| {
-                let path = node.path.clone();
-                move |source| Ext4Error::Source {
-                    path,
-                    action,
-                    source,
-                }
-            };
-            let file = File::open(&node.path).map_err(err("open"))?;
-            let mut buf = vec![0u8; (1 << 20).min(size.next_multiple_of(BLOCK_SIZE) as usize)];
-            let (mut blocks, mut runs, mut prev) = (0u64, 0u64, None::<u64>);
-            for (start, end) in super::source::data_ranges(&file, size).map_err(err("read"))? {
-                let mut offset = start;
-                while offset < end {
-                    let want = ((end - offset) as usize).min(buf.len());
-                    let avail = (size.saturating_sub(offset) as usize).min(want);
-                    file.read_exact_at(&mut buf[..avail], offset)
-                        .map_err(err("read"))?;
-                    buf[avail..want].fill(0);
-                    for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
-                        if !is_zero(block) {
-                            let logical = offset / BLOCK_SIZE + i as u64;
-                            blocks += 1;
-                            if prev != Some(logical.wrapping_sub(1)) {
-                                runs += 1;
-                            }
-                            prev = Some(logical);
-                        }
-                    }
-                    offset += want as u64;
-                }
-            }
-            Ok((blocks, runs))
-        })
-        .collect()
 }
 
 /// Time as stored: the low 32 bits of the seconds, and the extra word
