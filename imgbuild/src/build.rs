@@ -482,18 +482,21 @@ pub fn build(
     std::io::Write::write_all(&mut &roothash_file, format!("{root_hash}\n").as_bytes())
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
 
-    let mut artifacts = Vec::new();
-    for p in &layout.partitions {
-        // The cocos partition is zeros by construction: no need to read 20 GiB.
-        if p.name == "cocos" {
-            continue;
-        }
-        artifacts.push(digest_range(
+    // Digests, in parallel. Partition 2 holds exactly rootfs.ext4's bytes,
+    // so it is hashed once; the cocos partition is zeros by construction
+    // (no need to read 20 GiB of them).
+    let mut ranges: Vec<(String, &File, u64, u64)> = Vec::new();
+    for p in layout
+        .partitions
+        .iter()
+        .filter(|p| p.name != "cocos" && p.name != "root")
+    {
+        ranges.push((
+            format!("{}#{}", artifact::DISK, p.number),
             &disk,
-            &format!("{}#{}", artifact::DISK, p.number),
             p.offset,
             p.size,
-        )?);
+        ));
     }
     for (name, file) in [
         (artifact::ROOTFS, &rootfs),
@@ -505,8 +508,28 @@ pub fn build(
             .metadata()
             .map_err(io_err(&cfg.out_dir.join(name), "stat"))?
             .len();
-        artifacts.push(digest_range(file, name, 0, len)?);
+        ranges.push((name.to_owned(), file, 0, len));
     }
+    let mut artifacts = {
+        use rayon::prelude::*;
+        ranges
+            .par_iter()
+            .map(|(name, file, offset, len)| digest_range(file, name, *offset, *len))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if let (Some(root), Some(fs)) = (
+        layout.partition("root"),
+        artifacts
+            .iter()
+            .find(|a| a.path == artifact::ROOTFS)
+            .cloned(),
+    ) {
+        artifacts.push(FileDigest {
+            path: format!("{}#{}", artifact::DISK, root.number),
+            ..fs
+        });
+    }
+    artifacts.sort_by(|a, b| a.path.cmp(&b.path));
     let mut inputs = Vec::new();
     for path in [&cfg.kernel, &cfg.initramfs] {
         let f = File::open(path).map_err(io_err(path, "read"))?;
@@ -538,16 +561,8 @@ pub fn build(
         serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Verity(e.to_string()))?;
     std::io::Write::write_all(&mut &manifest_file, &json)
         .map_err(io_err(&cfg.out_dir.join(artifact::MANIFEST), "write"))?;
-    for f in [
-        &disk,
-        &rootfs,
-        &verity_file,
-        &initramfs,
-        &roothash_file,
-        &manifest_file,
-    ] {
-        f.sync_all().map_err(io_err(&cfg.out_dir, "sync"))?;
-    }
+    // Renamed into place only when complete; not fsynced (like the tools it
+    // replaces), so a machine crash right after a build may need a rebuild.
     staging.commit()?;
 
     Ok(BuildSummary {
