@@ -280,6 +280,24 @@ impl BlockSink for TeeSink<'_> {
     }
 }
 
+/// The root filesystem's options for an image seed: `build` and `mkfs` use
+/// this one derivation, so `mkfs` reproduces `build`'s `rootfs.ext4`.
+pub fn ext4_options(
+    seed: &Seed,
+    timestamp: i64,
+    root_owned: bool,
+    size: Option<u64>,
+) -> Ext4Options {
+    Ext4Options {
+        uuid: seed.uuid_for("ext4:uuid"),
+        hash_seed: seed.uuid_for("ext4:hash-seed"),
+        timestamp,
+        root_owned,
+        size,
+        label: "root".into(),
+    }
+}
+
 /// Runs the whole build. `progress` is told the total bytes to write, then
 /// the bytes written.
 pub fn build(
@@ -315,14 +333,7 @@ pub fn build(
     let tree = SourceTree::scan(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
         &tree,
-        Ext4Options {
-            uuid: seed.uuid_for("ext4:uuid"),
-            hash_seed: seed.uuid_for("ext4:hash-seed"),
-            timestamp: cfg.source_date_epoch,
-            root_owned: cfg.root_owned,
-            size: cfg.root_size,
-            label: "root".into(),
-        },
+        ext4_options(&seed, cfg.source_date_epoch, cfg.root_owned, cfg.root_size),
     )?;
     let verity_params = TreeParams {
         algorithm: HashAlgorithm::Sha256,
@@ -546,7 +557,7 @@ pub fn build(
             data_block_size: verity_params.data_block_size,
             hash_block_size: verity_params.hash_block_size,
             data_blocks: ext4.blocks(),
-            salt: hex_of(verity_params.salt.as_bytes()),
+            salt: hex::encode(verity_params.salt.as_bytes()),
             uuid: verity_uuid,
             root_hash: root_hash.clone(),
             hash_type: 1,
@@ -576,10 +587,6 @@ pub fn build(
     })
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// SHA-256 of `len` bytes of `file` from `offset`.
 fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDigest, BuildError> {
     use std::os::unix::fs::FileExt;
@@ -596,6 +603,6 @@ fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDi
     Ok(FileDigest {
         path: name.to_owned(),
         size: len,
-        sha256: hex_of(&h.finalize()),
+        sha256: hex::encode(h.finalize()),
     })
 }

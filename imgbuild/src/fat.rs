@@ -116,7 +116,7 @@ const FAT32_EOC_MIN: u32 = 0x0FFF_FFF8;
 /// Unix time of 1980-01-01 00:00:00 UTC, the earliest FAT date
 /// (FAT spec, 'FAT Directory Structure', Date and Time Formats:
 /// year 0 is 1980).
-const FAT_EPOCH_UNIX: i64 = 315_532_800;
+pub const FAT_EPOCH_UNIX: i64 = 315_532_800;
 
 /// Unix time of 2107-12-31 23:59:58 UTC, the latest FAT time
 /// (FAT spec, 'FAT Directory Structure', Date and Time Formats:

@@ -324,9 +324,9 @@ fn source_date_epoch() -> Result<i64> {
             .trim()
             .parse()
             .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        // Unset: 1980-01-01, the earliest time every format in the image
-        // (FAT included) can hold, so builds stay reproducible.
-        Err(_) => Ok(315_532_800),
+        // Unset: the earliest time every format in the image (FAT
+        // included) can hold, so builds stay reproducible.
+        Err(_) => Ok(cocos_imgbuild::fat::FAT_EPOCH_UNIX),
     }
 }
 
@@ -337,19 +337,13 @@ fn run_mkfs(
     seed: Option<Uuid>,
     root_owned: bool,
 ) -> Result<()> {
-    use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+    use cocos_imgbuild::ext4::{Ext4Plan, FileSink, SourceTree};
     let seed = cocos_imgbuild::seed::Seed::new(seed.unwrap_or_default());
     let tree = SourceTree::scan(rootfs)?;
+    let size = size.map(|s| parse_size(&s)).transpose()?;
     let plan = Ext4Plan::new(
         &tree,
-        Ext4Options {
-            uuid: seed.uuid_for("ext4:uuid"),
-            hash_seed: seed.uuid_for("ext4:hash-seed"),
-            timestamp: source_date_epoch()?,
-            root_owned,
-            size: size.map(|s| parse_size(&s)).transpose()?,
-            label: "root".into(),
-        },
+        build::ext4_options(&seed, source_date_epoch()?, root_owned, size),
     )?;
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
