@@ -19,9 +19,21 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
   # cargo fuzz needs nightly flags (-Zsanitizer); the stable toolchain
   # accepts them with RUSTC_BOOTSTRAP.
-  for target in $(cd measure && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
-    (cd measure && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
-      -max_total_time="$fuzz_seconds" -print_final_stats=0 2>&1 | tail -n 2)
+  # Seed the GPT reader with a real table written by sgdisk (mode byte 0,
+  # then a 64 KiB disk), so mutations get past the signatures and CRCs.
+  seed_dir=imgbuild/fuzz/corpus/gpt_reader
+  mkdir -p "$seed_dir"
+  seed_disk="$(mktemp)"
+  truncate -s 64K "$seed_disk"
+  sgdisk -a 1 -n 1:40:50 -t 1:8300 -n 2:51:60 "$seed_disk" >/dev/null
+  { printf '\0'; cat "$seed_disk"; } >"$seed_dir/sgdisk-seed"
+  rm -f "$seed_disk"
+  for crate in measure imgbuild; do
+    for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+      echo "fuzzing $crate/$target for ${fuzz_seconds}s"
+      (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+        -max_total_time="$fuzz_seconds" -max_len=131072 -print_final_stats=0 2>&1 | tail -n 2)
+    done
   done
 fi
 echo "test.sh: all tests passed"

@@ -705,7 +705,20 @@ impl Header {
 /// are skipped. Reading uses positional reads; the file position is
 /// restored after measuring the device's size.
 pub fn read_gpt(file: &File) -> Result<DiskLayout, GptError> {
-    let device = Device::new(file)?;
+    read_from(&Device::new(file)?)
+}
+
+/// [`read_gpt`] over a disk image held in memory (the same checks; used by
+/// the fuzz target and by callers that already hold the first and last
+/// sectors of a disk).
+pub fn read_gpt_bytes(disk: &[u8]) -> Result<DiskLayout, GptError> {
+    read_from(&Device {
+        source: disk,
+        size: disk.len() as u64,
+    })
+}
+
+fn read_from<S: ReadAt + ?Sized>(device: &Device<'_, S>) -> Result<DiskLayout, GptError> {
 
     let mbr = device.read(0, SECTOR_SIZE, "protective MBR")?;
     check_protective_mbr(&mbr)?;
@@ -765,21 +778,48 @@ pub fn read_gpt(file: &File) -> Result<DiskLayout, GptError> {
     })
 }
 
-/// The file being read, with its size.
-struct Device<'a> {
-    file: &'a File,
+/// Positional reads from a file or from memory.
+trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).ok();
+        let end = start.and_then(|s| s.checked_add(buf.len()));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= self.len() => {
+                buf.copy_from_slice(&self[start..end]);
+                Ok(())
+            }
+            _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+/// The disk being read, with its size.
+struct Device<'a, S: ReadAt + ?Sized> {
+    source: &'a S,
     size: u64,
 }
 
-impl<'a> Device<'a> {
+impl<'a> Device<'a, File> {
     fn new(file: &'a File) -> Result<Self, GptError> {
         let mut f = file;
         let position = f.stream_position()?;
         let size = f.seek(SeekFrom::End(0))?;
         f.seek(SeekFrom::Start(position))?;
-        Ok(Device { file, size })
+        Ok(Device { source: file, size })
     }
+}
 
+impl<S: ReadAt + ?Sized> Device<'_, S> {
     fn sectors(&self) -> u64 {
         self.size / SECTOR_SIZE
     }
@@ -800,7 +840,7 @@ impl<'a> Device<'a> {
             return Err(truncated);
         };
         let mut buf = vec![0; len];
-        match self.file.read_exact_at(&mut buf, offset) {
+        match self.source.read_exact_at(&mut buf, offset) {
             Ok(()) => Ok(buf),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(truncated),
             Err(e) => Err(e.into()),
@@ -1045,18 +1085,11 @@ fn parse_entries(header: &Header, array: &[u8]) -> Result<Vec<PlacedPartition>, 
 }
 
 /// CRC-32 as GPT uses it (UEFI 2.10 §5.3.2 refers to the CRC32 of
-/// Appendix F / ISO 3309 / IEEE 802.3): reflected polynomial 0xEDB88320,
-/// initial value and final XOR 0xFFFFFFFF. Bitwise: the arrays are 16 KiB.
+/// Appendix F / ISO 3309 / IEEE 802.3): CRC-32/ISO-HDLC, the algorithm the
+/// `gpt` crate writes with, from the same `crc` crate.
 fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
+    const GPT_CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    GPT_CRC.checksum(data)
 }
 
 #[cfg(test)]
