@@ -28,6 +28,20 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   sgdisk -a 1 -n 1:40:50 -t 1:8300 -n 2:51:60 "$seed_disk" >/dev/null
   { printf '\0'; cat "$seed_disk"; } >"$seed_dir/sgdisk-seed"
   rm -f "$seed_disk"
+  # Seed the tar reader with what GNU tar writes: long names, links, sparse
+  # members in the old GNU format and in PAX format 1.0.
+  seed_dir=imgbuild/fuzz/corpus/tar_reader
+  mkdir -p "$seed_dir"
+  seed_tree="$(mktemp -d)"
+  mkdir -p "$seed_tree/d/$(printf 'n%.0s' {1..120})"
+  echo data >"$seed_tree/d/file"
+  ln "$seed_tree/d/file" "$seed_tree/hard"
+  ln -s d/file "$seed_tree/link"
+  truncate -s 64K "$seed_tree/sparse"
+  echo x | dd of="$seed_tree/sparse" bs=1 seek=40000 conv=notrunc status=none
+  tar --sparse --format=gnu -cf "$seed_dir/gnu-seed" -C "$seed_tree" .
+  tar --sparse --format=posix -cf "$seed_dir/pax-seed" -C "$seed_tree" .
+  rm -rf "$seed_tree"
   for crate in measure imgbuild; do
     for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
       echo "fuzzing $crate/$target for ${fuzz_seconds}s"

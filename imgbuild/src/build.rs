@@ -150,7 +150,8 @@ pub struct VerityInfo {
 /// One file of the build, with its digest.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileDigest {
-    /// Path (artifacts: name in the output directory; inputs: as given).
+    /// Path (artifacts: name in the output directory; inputs: the role,
+    /// `kernel` or `initramfs`).
     pub path: String,
     /// Size in bytes.
     pub size: u64,
@@ -330,7 +331,7 @@ pub fn build(
     let mut staging = Staging::new(&cfg.out_dir);
 
     // 1. Plan the root filesystem, its hash tree and the partitions.
-    let tree = SourceTree::scan(&cfg.rootfs)?;
+    let tree = SourceTree::read(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
         &tree,
         ext4_options(&seed, cfg.source_date_epoch, cfg.root_owned, cfg.root_size),
@@ -542,10 +543,12 @@ pub fn build(
     }
     artifacts.sort_by(|a, b| a.path.cmp(&b.path));
     let mut inputs = Vec::new();
-    for path in [&cfg.kernel, &cfg.initramfs] {
+    // By role, not by path: where the inputs lay must not change the
+    // manifest (the root tree is covered by the root hash).
+    for (path, role) in [(&cfg.kernel, "kernel"), (&cfg.initramfs, "initramfs")] {
         let f = File::open(path).map_err(io_err(path, "read"))?;
         let len = f.metadata().map_err(io_err(path, "stat"))?.len();
-        inputs.push(digest_range(&f, &path.display().to_string(), 0, len)?);
+        inputs.push(digest_range(&f, role, 0, len)?);
     }
     let manifest = Manifest {
         tool: format!("cocos-imgbuild {}", env!("CARGO_PKG_VERSION")),

@@ -719,7 +719,6 @@ pub fn read_gpt_bytes(disk: &[u8]) -> Result<DiskLayout, GptError> {
 }
 
 fn read_from<S: ReadAt + ?Sized>(device: &Device<'_, S>) -> Result<DiskLayout, GptError> {
-
     let mbr = device.read(0, SECTOR_SIZE, "protective MBR")?;
     check_protective_mbr(&mbr)?;
 

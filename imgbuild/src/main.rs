@@ -39,8 +39,8 @@ enum Command {
     Build(Box<BuildArgs>),
     /// Write only the ext4 root filesystem of a tree (no verity, no disk).
     Mkfs {
-        /// Root tree (a directory).
-        #[arg(long, value_name = "DIR")]
+        /// Root tree: a directory, or a tar archive (.tar, .tar.gz).
+        #[arg(long, value_name = "DIR|TAR")]
         rootfs: PathBuf,
         /// Output file.
         #[arg(long, value_name = "FILE")]
@@ -77,8 +77,9 @@ struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Root tree (a directory).
-    #[arg(long, value_name = "DIR")]
+    /// Root tree: a directory, or a tar archive (.tar, .tar.gz) whose
+    /// owners, devices and xattrs are kept without root privileges.
+    #[arg(long, value_name = "DIR|TAR")]
     rootfs: Option<PathBuf>,
     /// Kernel image (bzImage).
     #[arg(long, value_name = "FILE")]
@@ -210,7 +211,7 @@ fn run_build(flags: BuildArgs) -> Result<()> {
     let json = flags.json;
     let pick = |a: Option<PathBuf>, b: Option<PathBuf>| a.or(b);
     let out = pick(flags.out, file.out).context("--out DIR is required")?;
-    let rootfs = pick(flags.rootfs, file.rootfs).context("--rootfs DIR is required")?;
+    let rootfs = pick(flags.rootfs, file.rootfs).context("--rootfs DIR|TAR is required")?;
     let kernel = pick(flags.kernel, file.kernel).context("--kernel FILE is required")?;
     let initramfs =
         pick(flags.initramfs, file.initramfs).context("--initramfs FILE is required")?;
@@ -339,7 +340,7 @@ fn run_mkfs(
 ) -> Result<()> {
     use cocos_imgbuild::ext4::{Ext4Plan, FileSink, SourceTree};
     let seed = cocos_imgbuild::seed::Seed::new(seed.unwrap_or_default());
-    let tree = SourceTree::scan(rootfs)?;
+    let tree = SourceTree::read(rootfs)?;
     let size = size.map(|s| parse_size(&s)).transpose()?;
     let plan = Ext4Plan::new(
         &tree,

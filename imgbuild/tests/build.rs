@@ -449,3 +449,128 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not to the roothash="));
 }
+
+/// `--config image.toml` (paths relative to the file, a tar archive as the
+/// root tree) builds exactly what the same flags build from the directory;
+/// a flag given with `--config` wins over the file.
+#[test]
+fn config_file_with_a_tar_root_matches_the_flags() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let by_flags = work.path().join("flags");
+    build(&inp, &inp.tree_a, &by_flags, "1700000000", SEED);
+
+    // The same inputs, described by a file next to them.
+    let desc = work.path().join("desc");
+    fs::create_dir(&desc).unwrap();
+    run_ok(
+        tool("tar")
+            .arg("-cf")
+            .arg(desc.join("root.tar"))
+            .arg("-C")
+            .arg(&inp.tree_a)
+            .arg("."),
+    );
+    fs::copy(&inp.kernel, desc.join("bzImage")).unwrap();
+    fs::copy(&inp.initrd, desc.join("initrd.gz")).unwrap();
+    let config = desc.join("image.toml");
+    fs::write(
+        &config,
+        format!(
+            "out = \"built\"\nrootfs = \"root.tar\"\nkernel = \"bzImage\"\n\
+             initramfs = \"initrd.gz\"\ncmdline = \"console=ttyS0\"\n\
+             cocos-size = \"1G\"\nseed = \"{SEED}\"\nroot-owned = true\n"
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+                .args(["build", "--json", "--config"])
+                .arg(&config)
+                .args(extra)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    run(&[]);
+    assert_eq!(
+        digests(&desc.join("built")),
+        digests(&by_flags),
+        "the config file and tar root built something else"
+    );
+
+    // Flags win: another command line and output directory.
+    let other = work.path().join("other");
+    let summary = run(&[
+        "--cmdline",
+        "console=hvc0",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(other.join("disk.img").exists());
+    let inspect = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args(["inspect", "--json"])
+            .arg(other.join("disk.img")),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let cmdline = report.to_string();
+    assert!(cmdline.contains("console=hvc0") && !cmdline.contains("console=ttyS0"));
+    // Only the command line changed: the root is the same.
+    assert_eq!(
+        summary["root_hash"],
+        fs::read_to_string(by_flags.join("rootfs.roothash"))
+            .unwrap()
+            .trim()
+    );
+
+    // A key the tool does not know is refused, naming the file.
+    fs::write(&config, "rootfs = \"root.tar\"\nroot_size = \"1G\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        .args(["build", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("image.toml") && err.contains("root_size"),
+        "{err}"
+    );
+}
+
+/// A progress bar is drawn on a terminal (a pseudo-terminal from
+/// `script`), and nothing is drawn when stderr is a pipe.
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let command = |out: &Path| {
+        format!(
+            "{} build --root-owned --cocos-size 1G --out {} --rootfs {} --kernel {} --initramfs {}",
+            env!("CARGO_BIN_EXE_cocos-imgbuild"),
+            out.display(),
+            inp.tree_a.display(),
+            inp.kernel.display(),
+            inp.initrd.display()
+        )
+    };
+    let tty = run_ok(
+        tool("script")
+            .args(["-qec"])
+            .arg(command(&work.path().join("tty")))
+            .arg("/dev/null"),
+    );
+    let seen = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        seen.contains("writing root filesystem"),
+        "no progress bar on a terminal:\n{seen}"
+    );
+    let piped = run_ok(tool("sh").arg("-c").arg(command(&work.path().join("pipe"))));
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !err.contains("writing root filesystem") && !err.contains('\u{1b}'),
+        "progress drawn into a pipe:\n{err}"
+    );
+}

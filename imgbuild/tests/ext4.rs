@@ -420,3 +420,208 @@ fn the_same_tree_gives_the_same_bytes() {
     build(&a, &work.path().join("c.ext4"), later);
     assert!(fs::read(work.path().join("c.ext4")).unwrap() != ha);
 }
+
+/// Writes `tree_dir` with GNU tar into `archive`, with numeric owners and
+/// sparse members, and `extra` options.
+fn gnu_tar(tree_dir: &Path, archive: &Path, extra: &[&str]) {
+    let out = Command::new("tar")
+        .args(["--sparse", "--numeric-owner"])
+        .args(extra)
+        .arg("-cf")
+        .arg(archive)
+        .arg("-C")
+        .arg(tree_dir)
+        .arg(".")
+        .output()
+        .expect("GNU tar not found");
+    assert!(
+        out.status.success(),
+        "tar failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn build_tree(tree: &SourceTree, image: &Path, opts: Ext4Options) {
+    let plan = Ext4Plan::new(tree, opts).unwrap();
+    let file = fs::File::create(image).unwrap();
+    file.set_len(plan.size()).unwrap();
+    plan.write(tree, &mut FileSink::new(&file, 0), &|_| {})
+        .unwrap();
+}
+
+/// A tar of the adversarial tree (as GNU tar writes it: devices, owners,
+/// xattrs, hard links, long names, a 5 GiB sparse member) gives exactly the
+/// image of the directory, plain or gzip-compressed, without unpacking.
+#[test]
+fn a_tar_of_the_tree_gives_the_same_bytes() {
+    require_root();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tree = work.path().join("tree");
+    adversarial_tree(&tree, 3000, true);
+    // GNU tar does not archive sockets.
+    fs::remove_file(tree.join("socket")).unwrap();
+    let (plain, gz) = (work.path().join("tree.tar"), work.path().join("tree.tgz"));
+    let xattrs = ["--xattrs", "--xattrs-include=*"];
+    gnu_tar(&tree, &plain, &xattrs);
+    gnu_tar(&tree, &gz, &[&xattrs[..], &["-z"]].concat());
+
+    let from_dir = work.path().join("dir.ext4");
+    build(&tree, &from_dir, options(false));
+    let want = fs::read(&from_dir).unwrap();
+    for archive in [&plain, &gz] {
+        let image = work.path().join("tar.ext4");
+        let source = SourceTree::read(archive).unwrap();
+        build_tree(&source, &image, options(false));
+        e2fsck(&image);
+        let got = fs::read(&image).unwrap();
+        assert!(
+            got == want,
+            "image from {} differs from the directory's",
+            archive.display()
+        );
+        // Holes stay holes: the image takes about what the directory's does.
+        let blocks = |p: &Path| fs::metadata(p).unwrap().blocks();
+        assert_eq!(blocks(&image), blocks(&from_dir));
+    }
+}
+
+/// Archives that cannot be represented are refused with the archive and
+/// the member named.
+#[test]
+fn bad_archives_are_refused_with_the_member_named() {
+    let work = tempfile::tempdir().unwrap();
+    let junk = work.path().join("junk.tar");
+    fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    let err = chain(&SourceTree::read(&junk).unwrap_err());
+    assert!(
+        err.contains("junk.tar: not a directory nor a tar archive"),
+        "{err}"
+    );
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("escape.tar", b"../etc/passwd", "`..`"),
+        ("longname.tar", &[b'n'; 256], "over 255 bytes"),
+        ("link.tar", b"dangling", "not in the archive"),
+    ];
+    for (file, name, want) in cases {
+        let path = work.path().join(file);
+        let mut builder = tar::Builder::new(fs::File::create(&path).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        if file == "link.tar" {
+            header.set_entry_type(tar::EntryType::Link);
+            builder
+                .append_link(
+                    &mut header,
+                    name.iter().map(|&b| b as char).collect::<String>(),
+                    "missing",
+                )
+                .unwrap();
+        } else {
+            header.set_entry_type(tar::EntryType::Regular);
+            let mut gnu = header;
+            // Raw name bytes, bypassing the builder's own path checks.
+            builder
+                .append_data(&mut gnu, "placeholder", &[][..])
+                .unwrap();
+            drop(builder);
+            let mut bytes = fs::read(&path).unwrap();
+            rewrite_name(&mut bytes, name);
+            fs::write(&path, bytes).unwrap();
+            let err = chain(&SourceTree::read(&path).unwrap_err());
+            assert!(err.contains(file) && err.contains(want), "{file}: {err}");
+            continue;
+        }
+        builder.finish().unwrap();
+        drop(builder);
+        let err = chain(&SourceTree::read(&path).unwrap_err());
+        assert!(err.contains(file) && err.contains(want), "{file}: {err}");
+    }
+}
+
+/// An error and its sources, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Puts `name` in the first member of a GNU tar (as a GNU long-name member
+/// when it does not fit the 100-byte field) and fixes the checksum.
+fn rewrite_name(archive: &mut Vec<u8>, name: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.as_mut_bytes().copy_from_slice(&archive[..512]);
+    let mut out = Vec::new();
+    if name.len() > 100 {
+        let mut long = tar::Header::new_gnu();
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.as_mut_bytes()[..13].copy_from_slice(b"././@LongLink");
+        long.set_size(name.len() as u64 + 1);
+        long.set_cksum();
+        out.extend_from_slice(long.as_bytes());
+        let mut data = name.to_vec();
+        data.push(0);
+        data.resize(data.len().next_multiple_of(512), 0);
+        out.extend_from_slice(&data);
+        header.as_mut_bytes()[..100].fill(0);
+        header.as_mut_bytes()[..10].copy_from_slice(b"longlongxx");
+    } else {
+        header.as_mut_bytes()[..100].fill(0);
+        header.as_mut_bytes()[..name.len()].copy_from_slice(name);
+    }
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&archive[512..]);
+    *archive = out;
+}
+
+/// Every way GNU tar stores sparse files (the old GNU format, PAX formats
+/// 0.0, 0.1 and 1.0) gives the same image. Without xattrs, as the old GNU
+/// format cannot hold them.
+#[test]
+fn every_sparse_format_gives_the_same_bytes() {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(tree.join("sparse")).unwrap();
+        f.set_len(9 << 20).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(&[3u8; 5000], 4 << 20).unwrap();
+        f.write_all_at(b"end", (9 << 20) - 3).unwrap();
+        // Enough fragments to need extension blocks in the old format.
+        let f = fs::File::create(tree.join("fragmented")).unwrap();
+        for i in 0..40u64 {
+            f.write_all_at(&[i as u8 + 1; 100], i * 65536).unwrap();
+        }
+    }
+    let formats: [&[&str]; 4] = [
+        &["--format=gnu"],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ];
+    let mut images = Vec::new();
+    for (i, format) in formats.iter().enumerate() {
+        let archive = work.path().join(format!("{i}.tar"));
+        gnu_tar(&tree, &archive, format);
+        let source = SourceTree::read(&archive).unwrap();
+        let image = work.path().join(format!("{i}.ext4"));
+        build_tree(&source, &image, options(true));
+        e2fsck(&image);
+        images.push(fs::read(&image).unwrap());
+    }
+    build(&tree, &work.path().join("dir.ext4"), options(true));
+    let want = fs::read(work.path().join("dir.ext4")).unwrap();
+    for (format, got) in formats.iter().zip(&images) {
+        assert!(got == &want, "{format:?} differs from the directory");
+    }
+}

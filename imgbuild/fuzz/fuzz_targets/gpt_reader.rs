@@ -25,18 +25,22 @@ fn le64(d: &[u8], at: usize) -> Option<u64> {
 fn reseal(disk: &mut [u8], lba: u64) -> Option<()> {
     let h = usize::try_from(lba).ok()?.checked_mul(SECTOR)?;
     let header = disk.get(h..h.checked_add(SECTOR)?)?;
-    let array = usize::try_from(le64(header, 72)?).ok()?.checked_mul(SECTOR)?;
+    let array = usize::try_from(le64(header, 72)?)
+        .ok()?
+        .checked_mul(SECTOR)?;
     let count = usize::try_from(le32(header, 80)?).ok()?;
     let entry = usize::try_from(le32(header, 84)?).ok()?;
     let len = count.checked_mul(entry)?;
     if let Some(bytes) = disk.get(array..array.checked_add(len)?) {
         let crc = CRC.checksum(bytes);
-        disk.get_mut(h + 88..h + 92)?.copy_from_slice(&crc.to_le_bytes());
+        disk.get_mut(h + 88..h + 92)?
+            .copy_from_slice(&crc.to_le_bytes());
     }
     let size = usize::try_from(le32(disk, h + 12)?).ok()?.min(SECTOR);
     disk.get_mut(h + 16..h + 20)?.fill(0);
     let crc = CRC.checksum(disk.get(h..h + size)?);
-    disk.get_mut(h + 16..h + 20)?.copy_from_slice(&crc.to_le_bytes());
+    disk.get_mut(h + 16..h + 20)?
+        .copy_from_slice(&crc.to_le_bytes());
     Some(())
 }
 

@@ -30,9 +30,10 @@ pub mod dir;
 pub mod hash;
 pub mod raw;
 pub mod source;
+pub mod tar;
 pub mod writer;
 
-pub use source::{Node, NodeId, NodeKind, SourceError, SourceTree};
+pub use source::{Chunk, FileContent, Node, NodeId, NodeKind, SourceError, SourceTree};
 pub use writer::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, Ext4Report};
 
 /// A [`BlockSink`] writing into a file at a byte offset (a partition of a

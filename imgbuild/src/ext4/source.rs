@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -39,6 +40,24 @@ pub enum SourceError {
         /// The name's length.
         len: usize,
     },
+    /// An input of a kind that cannot be read.
+    #[error("{}: {why}", path.display())]
+    Unsupported {
+        /// The input.
+        path: PathBuf,
+        /// Why.
+        why: &'static str,
+    },
+    /// A tar member that cannot be represented or makes no sense.
+    #[error("{}: member {member}: {problem}", path.display())]
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// The member's path as stored.
+        member: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The root is not a directory.
     #[error("{}: the root of the tree is not a directory", path.display())]
     RootNotDirectory {
@@ -50,10 +69,12 @@ pub enum SourceError {
 /// What a node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
-    /// A regular file of `size` bytes, read from [`Node::path`] when written.
+    /// A regular file of `size` bytes.
     File {
         /// Size in bytes.
         size: u64,
+        /// Where its bytes are read from when the image is written.
+        content: FileContent,
     },
     /// A directory; children sorted by name.
     Dir {
@@ -83,6 +104,30 @@ pub enum NodeKind {
     Fifo,
     /// A Unix socket.
     Socket,
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContent {
+    /// The file at [`Node::path`] (a tree read from a directory); holes
+    /// are found with `SEEK_DATA`/`SEEK_HOLE`.
+    Path,
+    /// Byte ranges of [`SourceTree::blobs`] (a tree read from an archive);
+    /// sorted by logical offset, not overlapping; the rest is holes.
+    Chunks(Vec<Chunk>),
+}
+
+/// `len` bytes of a file at `logical`, stored at `offset` of a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset in the file.
+    pub logical: u64,
+    /// Index in [`SourceTree::blobs`].
+    pub blob: u32,
+    /// Offset in the blob.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
 }
 
 /// An extended attribute: full name (with its `user.`, `security.`, ...
@@ -116,11 +161,25 @@ pub struct SourceTree {
     /// All nodes; the root is node 0, the rest in depth-first order of
     /// sorted names.
     pub nodes: Vec<Node>,
+    /// Files that [`FileContent::Chunks`] point into (an archive, a spool
+    /// of expanded sparse members); empty for a directory tree.
+    pub blobs: Vec<Arc<File>>,
 }
 
 impl SourceTree {
     /// The root directory.
     pub const ROOT: NodeId = 0;
+
+    /// Reads a tree from a directory, or from a tar archive (`.tar`,
+    /// optionally gzip-compressed) if `root` is a regular file.
+    pub fn read(root: &Path) -> Result<Self, SourceError> {
+        let meta = fs::metadata(root).map_err(io_err(root, "read"))?;
+        if meta.is_file() {
+            super::tar::read_tar(root)
+        } else {
+            Self::scan(root)
+        }
+    }
 
     /// Reads the tree under `root` without following symbolic links.
     pub fn scan(root: &Path) -> Result<Self, SourceError> {
@@ -135,7 +194,10 @@ impl SourceTree {
             hard_links: HashMap::new(),
         };
         scan.visit(root, &meta)?;
-        Ok(SourceTree { nodes: scan.nodes })
+        Ok(SourceTree {
+            nodes: scan.nodes,
+            blobs: Vec::new(),
+        })
     }
 
     /// The node of a path relative to the root (for tests and tools).
@@ -171,7 +233,10 @@ impl Scanner {
                 children: Vec::new(),
             }
         } else if ft.is_file() {
-            NodeKind::File { size: meta.len() }
+            NodeKind::File {
+                size: meta.len(),
+                content: FileContent::Path,
+            }
         } else if ft.is_symlink() {
             let target = fs::read_link(path).map_err(io_err(path, "read the link"))?;
             NodeKind::Symlink {

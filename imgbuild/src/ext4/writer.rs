@@ -21,6 +21,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -30,7 +31,7 @@ use zerocopy::{FromZeros, IntoBytes};
 use super::dir::{self, DirBlocks, DirEntry, file_type};
 use super::hash::{xattr_block_hash, xattr_entry_hash};
 use super::raw::*;
-use super::source::{NodeId, NodeKind, SourceTree};
+use super::source::{Chunk, FileContent, NodeId, NodeKind, SourceTree};
 
 /// Block size of the filesystem.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -663,9 +664,17 @@ impl Ext4Plan {
             extents = Some(runs);
         } else if let Some(node) = node {
             match &node.kind {
-                NodeKind::File { size: len, .. } => {
+                NodeKind::File { size: len, content } => {
                     size = *len;
-                    extents = Some(write_file(&node.path, *len, alloc, out, buf, progress)?);
+                    let source = match content {
+                        FileContent::Path => Content::Path(&node.path),
+                        FileContent::Chunks(chunks) => Content::Chunks {
+                            chunks,
+                            blobs: &tree.blobs,
+                            path: &node.path,
+                        },
+                    };
+                    extents = Some(write_file(source, *len, alloc, out, buf, progress)?);
                 }
                 NodeKind::Symlink { target } => {
                     size = target.len() as u64;
@@ -753,7 +762,7 @@ fn data_blocks_upper(tree: &SourceTree, planned: &PlannedInode) -> u64 {
             n += 1;
         }
         match &node.kind {
-            NodeKind::File { size } => {
+            NodeKind::File { size, .. } => {
                 let blocks = size.div_ceil(BLOCK_SIZE);
                 n += blocks;
                 if blocks > INODE_EXTENTS as u64 {
@@ -821,11 +830,23 @@ fn push_block(runs: &mut Vec<ExtentRun>, logical: u32, physical: u64) {
     });
 }
 
+/// Where [`write_file`] reads a file's bytes.
+enum Content<'a> {
+    /// A file in a directory tree.
+    Path(&'a Path),
+    /// Chunks of archive blobs; `path` names the member in errors.
+    Chunks {
+        chunks: &'a [Chunk],
+        blobs: &'a [Arc<File>],
+        path: &'a Path,
+    },
+}
+
 /// Streams a file's contents into newly allocated blocks. Only the ranges
 /// the source reports as data are read; all-zero blocks within them are
 /// left as holes too, so the image depends on the content alone.
 fn write_file<S: BlockSink>(
-    path: &Path,
+    source: Content<'_>,
     size: u64,
     alloc: &mut Allocator,
     out: &mut Output<'_, S>,
@@ -837,6 +858,9 @@ fn write_file<S: BlockSink>(
     if size == 0 {
         return Ok(runs);
     }
+    let path = match source {
+        Content::Path(p) | Content::Chunks { path: p, .. } => p,
+    };
     let err = |action| {
         let path = path.to_path_buf();
         move |source| Ext4Error::Source {
@@ -845,27 +869,41 @@ fn write_file<S: BlockSink>(
             source,
         }
     };
-    let file = File::open(path).map_err(err("open"))?;
-    let now = file.metadata().map_err(err("stat"))?.len();
-    if now != size {
-        return Err(Ext4Error::Changed {
-            path: path.to_path_buf(),
-            expected: size,
-        });
-    }
-    for (start, end) in super::source::data_ranges(&file, size).map_err(err("read"))? {
+    let changed = || Ext4Error::Changed {
+        path: path.to_path_buf(),
+        expected: size,
+    };
+    // The data ranges (4 KiB aligned, merged) and a reader of any range.
+    let (ranges, file) = match source {
+        Content::Path(path) => {
+            let file = File::open(path).map_err(err("open"))?;
+            let now = file.metadata().map_err(err("stat"))?.len();
+            if now != size {
+                return Err(changed());
+            }
+            let ranges = super::source::data_ranges(&file, size).map_err(err("read"))?;
+            (ranges, Some(file))
+        }
+        Content::Chunks { chunks, .. } => (chunk_ranges(chunks), None),
+    };
+    for (start, end) in ranges {
         let mut offset = start;
         while offset < end {
             let want = ((end - offset) as usize).min(buf.len());
             let avail = (size.saturating_sub(offset) as usize).min(want);
-            file.read_exact_at(&mut buf[..avail], offset)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => Ext4Error::Changed {
-                        path: path.to_path_buf(),
-                        expected: size,
-                    },
-                    _ => err("read")(e),
-                })?;
+            match (&file, &source) {
+                (Some(file), _) => {
+                    file.read_exact_at(&mut buf[..avail], offset)
+                        .map_err(|e| match e.kind() {
+                            std::io::ErrorKind::UnexpectedEof => changed(),
+                            _ => err("read")(e),
+                        })?
+                }
+                (None, Content::Chunks { chunks, blobs, .. }) => {
+                    read_chunks(chunks, blobs, offset, &mut buf[..avail]).map_err(err("read"))?
+                }
+                (None, Content::Path(_)) => return Err(changed()),
+            }
             buf[avail..want].fill(0);
             for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
                 if !is_zero(block) {
@@ -879,6 +917,47 @@ fn write_file<S: BlockSink>(
         }
     }
     Ok(runs)
+}
+
+/// The 4 KiB-aligned, merged ranges that [`Chunk`]s cover.
+fn chunk_ranges(chunks: &[Chunk]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for c in chunks.iter().filter(|c| c.len > 0) {
+        let a = c.logical / BLOCK_SIZE * BLOCK_SIZE;
+        let b = (c.logical + c.len).next_multiple_of(BLOCK_SIZE);
+        match ranges.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => ranges.push((a, b)),
+        }
+    }
+    ranges
+}
+
+/// Fills `buf` with the file's bytes at `offset`: chunk data where chunks
+/// are, zeros elsewhere.
+fn read_chunks(
+    chunks: &[Chunk],
+    blobs: &[Arc<File>],
+    offset: u64,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buf.fill(0);
+    let end = offset + buf.len() as u64;
+    // Chunks are sorted by logical offset: skip those ending before `offset`.
+    let first = chunks.partition_point(|c| c.logical + c.len <= offset);
+    for c in chunks[first..].iter().take_while(|c| c.logical < end) {
+        let from = c.logical.max(offset);
+        let to = (c.logical + c.len).min(end);
+        let blob = blobs
+            .get(c.blob as usize)
+            .ok_or_else(|| std::io::Error::other("chunk names a missing blob"))?;
+        blob.read_exact_at(
+            &mut buf[(from - offset) as usize..(to - offset) as usize],
+            c.offset + (from - c.logical),
+        )?;
+    }
+    Ok(())
 }
 
 fn is_zero(block: &[u8]) -> bool {
