@@ -6,22 +6,18 @@
 # Both use the same prebuilt GRUB, kernel and initramfs files. Page cache
 # warm; each variant runs RUNS times (default 3) and the fastest counts.
 #
-#   scripts/bench-imgbuild.sh [TREE]     (default: debootstrap minbase in $BENCH_DIR)
+#   scripts/bench-imgbuild.sh [TREE]     (default: the Debian minbase tree of scripts/minbase-tree.sh)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 dir="${BENCH_DIR:-/var/tmp/cocos-bench}"
 runs="${RUNS:-3}"
-tree="${1:-$dir/minbase}"
 scripts/setup-host.sh
+tree="${1:-$(scripts/minbase-tree.sh)}"
 cargo build --release --locked -p cocos-imgbuild >/dev/null 2>&1
 imgbuild="$PWD/target/release/cocos-imgbuild"
 mkdir -p "$dir/in"
 
-if [ ! -d "$tree" ]; then
-  echo "creating a Debian bookworm minbase tree in $tree (debootstrap)" >&2
-  debootstrap --variant=minbase bookworm "$tree" http://deb.debian.org/debian >/dev/null
-fi
 find "$tree" -type f -exec cat {} + >/dev/null 2>&1 || true
 
 # Shared boot files: a GRUB image, a kernel-sized and an initramfs-sized file.

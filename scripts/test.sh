@@ -9,6 +9,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
+# A Debian minbase tree for the e2fsck test on a real distribution tree.
+COCOS_MINBASE="$(scripts/minbase-tree.sh)"
+export COCOS_MINBASE
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -19,7 +19,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use cocos_measure::verity::{
-    BlockSize, HashAlgorithm, HashAreaLayout, HashTreeBuilder, Salt, TreeGeometry, TreeParams,
+    BlockSize, HashAlgorithm, HashAreaLayout, HashTree, HashTreeBuilder, Salt, TreeGeometry,
+    TreeParams,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -104,8 +105,11 @@ pub enum BuildError {
     #[error("building the root filesystem")]
     Ext4(#[from] Ext4Error),
     /// The verity tree could not be built.
-    #[error("building the dm-verity tree")]
+    #[error("building the dm-verity tree: {0}")]
     Verity(String),
+    /// A worker thread of the build failed unexpectedly.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// GRUB could not be built.
     #[error("building GRUB")]
     Grub(#[from] GrubError),
@@ -263,22 +267,83 @@ impl Drop for Staging {
     }
 }
 
-/// Writes each ext4 block to the disk image, to `rootfs.ext4`, and into
-/// the dm-verity tree.
+/// Writes each ext4 block to the disk image and to `rootfs.ext4`, and
+/// passes it on for dm-verity hashing on another thread (in runs of
+/// consecutive blocks, so the writer does not wait for the hasher).
 struct TeeSink<'a> {
     disk: FileSink<'a>,
     rootfs: FileSink<'a>,
-    verity: HashTreeBuilder,
+    hasher: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+    /// Consecutive blocks not yet sent: first block and bytes.
+    run: (u64, Vec<u8>),
+}
+
+/// Bytes of consecutive blocks sent to the hasher at once.
+const HASH_RUN: usize = 1 << 20;
+
+impl TeeSink<'_> {
+    fn send(&mut self) -> io::Result<()> {
+        if self.run.1.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::replace(&mut self.run, (0, Vec::with_capacity(HASH_RUN)));
+        self.hasher
+            .send(run)
+            .map_err(|_| io::Error::other("the dm-verity hasher stopped"))
+    }
 }
 
 impl BlockSink for TeeSink<'_> {
     fn write_blocks(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
         self.disk.write_blocks(first, data)?;
         self.rootfs.write_blocks(first, data)?;
-        self.verity
-            .update_at(first, data)
-            .map_err(|e| io::Error::other(e.to_string()))
+        let next = self.run.0 + (self.run.1.len() / 4096) as u64;
+        if self.run.1.is_empty() || next != first || self.run.1.len() + data.len() > HASH_RUN {
+            self.send()?;
+            self.run.0 = first;
+        }
+        self.run.1.extend_from_slice(data);
+        Ok(())
     }
+}
+
+/// Writes the root filesystem through a [`TeeSink`] while another thread
+/// hashes its blocks; returns the finished hash tree.
+fn write_and_hash(
+    ext4: &Ext4Plan,
+    tree: &SourceTree,
+    disk: FileSink<'_>,
+    rootfs: FileSink<'_>,
+    mut verity: HashTreeBuilder,
+    progress: &dyn Fn(u64),
+) -> Result<HashTree, BuildError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(16);
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            for (first, data) in rx {
+                verity.update_at(first, &data)?;
+            }
+            verity.finish()
+        });
+        let mut sink = TeeSink {
+            disk,
+            rootfs,
+            hasher: tx,
+            run: (0, Vec::with_capacity(HASH_RUN)),
+        };
+        let written = ext4
+            .write(tree, &mut sink, progress)
+            .map_err(BuildError::from);
+        let sent = sink.send().map_err(|e| BuildError::Verity(e.to_string()));
+        drop(sink);
+        let hashed = match hasher.join() {
+            Ok(result) => result.map_err(|e| BuildError::Verity(e.to_string())),
+            Err(_) => Err(BuildError::Internal("the dm-verity hasher panicked")),
+        };
+        written?;
+        sent?;
+        hashed
+    })
 }
 
 /// The root filesystem's options for an image seed: `build` and `mkfs` use
@@ -296,6 +361,20 @@ pub fn ext4_options(
         root_owned,
         size,
         label: "root".into(),
+    }
+}
+
+/// Logs how long each step took (`-v`).
+struct Stage(std::time::Instant);
+
+impl Stage {
+    fn new() -> Self {
+        Stage(std::time::Instant::now())
+    }
+
+    fn done(&mut self, what: &str) {
+        tracing::debug!("{what}: {:.0?}", self.0.elapsed());
+        self.0 = std::time::Instant::now();
     }
 }
 
@@ -330,6 +409,7 @@ pub fn build(
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
     let mut staging = Staging::new(&cfg.out_dir);
 
+    let mut stage = Stage::new();
     // 1. Plan the root filesystem, its hash tree and the partitions.
     let tree = SourceTree::read(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
@@ -397,6 +477,7 @@ pub fn build(
     let (root_offset, _) = part("root")?;
     let (verity_offset, _) = part("root-verity")?;
 
+    stage.done("plan");
     // 2. The root filesystem, hashed as it is written.
     let disk = staging.create(artifact::DISK)?;
     disk.set_len(layout.disk_size)
@@ -406,19 +487,26 @@ pub fn build(
         .set_len(ext4.size())
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "size"))?;
     progress_total(ext4.size());
-    let mut sink = TeeSink {
-        disk: FileSink::new(&disk, root_offset),
-        rootfs: FileSink::new(&rootfs, 0),
-        verity: HashTreeBuilder::for_blocks(verity_params.clone(), ext4.blocks())
+    let tree_hash = write_and_hash(
+        &ext4,
+        &tree,
+        FileSink::new(&disk, root_offset),
+        FileSink::new(&rootfs, 0),
+        HashTreeBuilder::for_blocks(verity_params.clone(), ext4.blocks())
             .map_err(|e| BuildError::Verity(e.to_string()))?,
-    };
-    ext4.write(&tree, &mut sink, progress)?;
-    let tree_hash = sink
-        .verity
-        .finish()
-        .map_err(|e| BuildError::Verity(e.to_string()))?;
+        progress,
+    )?;
     let root_hash = tree_hash.root_hash().to_hex();
+    // rootfs.ext4 is complete: digest it while the rest is built.
+    let rootfs_digest = {
+        let file = rootfs
+            .try_clone()
+            .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "reopen"))?;
+        let len = ext4.size();
+        std::thread::spawn(move || digest_range(&file, artifact::ROOTFS, 0, len))
+    };
 
+    stage.done("root filesystem");
     // 3. The hash partition and rootfs.verity.
     let verity_file = staging.create(artifact::VERITY)?;
     let verity_path = cfg.out_dir.join(artifact::VERITY);
@@ -435,6 +523,7 @@ pub fn build(
         .write_hash_area(&mut verity_w, &area(0)?, Some(verity_uuid))
         .map_err(io_err(&verity_path, "write"))?;
 
+    stage.done("hash tree");
     // 4. Command line, GRUB, ESP.
     let cmdline = grub::kernel_cmdline(&root_hash, &cfg.cmdline);
     let grub_cfg = grub::config(&cmdline);
@@ -478,11 +567,13 @@ pub fn build(
         },
     )?;
 
+    stage.done("ESP");
     // 5. The partition table, with the GUIDs from the root hash.
     let (root_guid, verity_guid) = gpt::verity_partition_uuids(tree_hash.root_hash().as_bytes());
     let layout = gpt::plan_layout(disk_guid, &specs(root_guid, verity_guid))?;
     gpt::write_gpt(&disk, &layout)?;
 
+    stage.done("partition table");
     // 6. Side artifacts and the manifest.
     let initramfs = staging.create(artifact::INITRAMFS)?;
     std::io::copy(
@@ -494,6 +585,7 @@ pub fn build(
     std::io::Write::write_all(&mut &roothash_file, format!("{root_hash}\n").as_bytes())
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
 
+    stage.done("side artifacts");
     // Digests, in parallel. Partition 2 holds exactly rootfs.ext4's bytes,
     // so it is hashed once; the cocos partition is zeros by construction
     // (no need to read 20 GiB of them).
@@ -511,7 +603,6 @@ pub fn build(
         ));
     }
     for (name, file) in [
-        (artifact::ROOTFS, &rootfs),
         (artifact::VERITY, &verity_file),
         (artifact::ROOTHASH, &roothash_file),
         (artifact::INITRAMFS, &initramfs),
@@ -529,6 +620,11 @@ pub fn build(
             .map(|(name, file, offset, len)| digest_range(file, name, *offset, *len))
             .collect::<Result<Vec<_>, _>>()?
     };
+    artifacts.push(
+        rootfs_digest
+            .join()
+            .map_err(|_| BuildError::Internal("the rootfs.ext4 digest panicked"))??,
+    );
     if let (Some(root), Some(fs)) = (
         layout.partition("root"),
         artifacts
@@ -542,6 +638,7 @@ pub fn build(
         });
     }
     artifacts.sort_by(|a, b| a.path.cmp(&b.path));
+    stage.done("digests");
     let mut inputs = Vec::new();
     // By role, not by path: where the inputs lay must not change the
     // manifest (the root tree is covered by the root hash).
@@ -578,6 +675,7 @@ pub fn build(
     // Renamed into place only when complete; not fsynced (like the tools it
     // replaces), so a machine crash right after a build may need a rebuild.
     staging.commit()?;
+    stage.done("manifest");
 
     Ok(BuildSummary {
         out_dir: cfg.out_dir.clone(),

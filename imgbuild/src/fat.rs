@@ -392,8 +392,11 @@ impl EspListing {
 /// * 4 KiB blocks (aligned in the file) that a write would fill with zeros
 ///   are not written if they already read as zero, so holes in a sparse
 ///   file stay holes.  The content is the same as if they were written.
-/// * Reads go through a write-through cache of eight 64 KiB blocks: the slice
-///   assumes nothing else writes the range while it is in use.
+/// * Small writes (FAT entries, directories) go to a write-back cache of
+///   eight 64 KiB blocks, written on eviction, on [`Write::flush`] and on
+///   drop; whole blocks are written directly. Reads see the cache. The slice
+///   assumes nothing else writes the range while it is in use; flush it to
+///   see write errors.
 #[derive(Debug)]
 pub struct FileSlice<'a> {
     file: &'a File,
@@ -412,6 +415,9 @@ struct CacheBlock {
     start: u64,
     used: u64,
     data: Vec<u8>,
+    /// When the block was changed: what the file holds (written back on
+    /// eviction or flush, only the 4 KiB pieces that differ).
+    disk: Option<Vec<u8>>,
 }
 
 impl<'a> FileSlice<'a> {
@@ -478,6 +484,7 @@ impl<'a> FileSlice<'a> {
             start: block,
             used: self.clock,
             data,
+            disk: None,
         };
         if self.cache.len() < CACHE_BLOCKS {
             self.cache.push(entry);
@@ -486,8 +493,49 @@ impl<'a> FileSlice<'a> {
         let lru = (0..self.cache.len())
             .min_by_key(|&i| self.cache[i].used)
             .unwrap_or(0);
+        self.write_back(lru)?;
         self.cache[lru] = entry;
         Ok(lru)
+    }
+
+    /// Writes the changed 4 KiB pieces of cache block `i` to the file.
+    fn write_back(&mut self, i: usize) -> io::Result<()> {
+        let Some(disk) = self.cache[i].disk.take() else {
+            return Ok(());
+        };
+        let block = &self.cache[i];
+        let base = self.offset + block.start;
+        let mut run: Option<usize> = None;
+        let mut at = 0usize;
+        while at < block.data.len() {
+            let abs = base + at as u64;
+            let end = block
+                .data
+                .len()
+                .min(at + (ZERO_BLOCK - abs % ZERO_BLOCK) as usize);
+            if block.data[at..end] == disk[at..end] {
+                if let Some(start) = run.take() {
+                    self.file
+                        .write_all_at(&block.data[start..at], base + start as u64)?;
+                }
+            } else if run.is_none() {
+                run = Some(at);
+            }
+            at = end;
+        }
+        if let Some(start) = run {
+            self.file
+                .write_all_at(&block.data[start..], base + start as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every changed cache block to the file.
+    fn write_back_all(&mut self) -> io::Result<()> {
+        for i in 0..self.cache.len() {
+            self.write_back(i)?;
+        }
+        Ok(())
     }
 
     /// Visits the current content of `[rel, rel + len)` piece by piece
@@ -514,24 +562,54 @@ impl<'a> FileSlice<'a> {
         Ok(())
     }
 
-    fn is_zero_on_disk(&mut self, rel: u64, len: usize) -> io::Result<bool> {
-        let mut zero = true;
-        self.visit(rel, len, |_, piece| {
-            zero = is_zero(piece);
-            zero
-        })?;
-        Ok(zero)
+    /// Writes `buf` at `rel`: whole uncached cache blocks go straight to
+    /// the file (file data), the rest into the cache (FAT entries,
+    /// directories), written back on eviction or [`Write::flush`].
+    fn write_range(&mut self, rel: u64, buf: &[u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = rel + done as u64;
+            let block = at - at % CACHE_BLOCK;
+            let block_len = CACHE_BLOCK.min(self.len - block) as usize;
+            let in_block = (at - block) as usize;
+            let take = (buf.len() - done).min(block_len - in_block);
+            let piece = &buf[done..done + take];
+            let cached = self.cache.iter().position(|b| b.start == block);
+            match cached {
+                None if in_block == 0 && take == block_len => self.write_through(at, piece)?,
+                _ => {
+                    let i = match cached {
+                        Some(i) => i,
+                        None => self.cached(block)?,
+                    };
+                    let b = &mut self.cache[i];
+                    if b.disk.is_none() {
+                        b.disk = Some(b.data.clone());
+                    }
+                    b.data[in_block..in_block + take].copy_from_slice(piece);
+                }
+            }
+            done += take;
+        }
+        Ok(())
     }
 
-    fn write_range(&mut self, rel: u64, buf: &[u8]) -> io::Result<()> {
+    /// Writes `buf` at `rel` directly, skipping 4 KiB pieces (aligned in
+    /// the file) that are zeros and already read as zeros.
+    fn write_through(&mut self, rel: u64, buf: &[u8]) -> io::Result<()> {
         let mut run: Option<usize> = None;
+        let mut probe = [0u8; ZERO_BLOCK as usize];
         let mut i = 0usize;
         while i < buf.len() {
             let abs = self.offset + rel + i as u64;
             let boundary = (abs / ZERO_BLOCK + 1) * ZERO_BLOCK;
             let end = buf.len().min(i + (boundary - abs) as usize);
             let piece = &buf[i..end];
-            let skip = is_zero(piece) && self.is_zero_on_disk(rel + i as u64, piece.len())?;
+            let skip = is_zero(piece) && {
+                let probe = &mut probe[..piece.len()];
+                self.file.read_exact_at(probe, abs)?;
+                is_zero(probe)
+            };
             if skip {
                 if let Some(start) = run.take() {
                     self.file
@@ -546,19 +624,17 @@ impl<'a> FileSlice<'a> {
             self.file
                 .write_all_at(&buf[start..], self.offset + rel + start as u64)?;
         }
-        // Keep the cache coherent with what is now on disk.
-        let w_end = rel + buf.len() as u64;
-        for block in &mut self.cache {
-            let c_end = block.start + block.data.len() as u64;
-            let lo = rel.max(block.start);
-            let hi = w_end.min(c_end);
-            if lo < hi {
-                let dst = (lo - block.start) as usize..(hi - block.start) as usize;
-                let src = (lo - rel) as usize..(hi - rel) as usize;
-                block.data[dst].copy_from_slice(&buf[src]);
-            }
-        }
         Ok(())
+    }
+}
+
+impl Drop for FileSlice<'_> {
+    fn drop(&mut self) {
+        // Callers flush to see errors; this only keeps a forgotten flush
+        // from losing data.
+        if let Err(e) = self.write_back_all() {
+            tracing::error!("writing back the ESP cache failed: {e}");
+        }
     }
 }
 
@@ -612,7 +688,7 @@ impl Write for FileSlice<'_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.write_back_all()
     }
 }
 
@@ -1064,6 +1140,32 @@ fn plan(spec: &EspSpec) -> Result<Plan<'_>, FatError> {
 /// Zeroes every non-zero 4 KiB block of `[start, end)`, reading only: holes
 /// read as zero and are left alone.
 fn clear_range(file: &File, start: u64, end: u64) -> io::Result<()> {
+    // Holes read as zeros: only the data ranges need looking at (none in
+    // a freshly created image).
+    let mut at = start;
+    while at < end {
+        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => return Ok(()),
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                return clear_data(file, at, end);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            return Ok(());
+        }
+        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data))
+            .map_err(io::Error::from)?
+            .min(end);
+        clear_data(file, data, hole)?;
+        at = hole.max(data + 1);
+    }
+    Ok(())
+}
+
+/// Zeroes the non-zero 4 KiB pieces of `start..end`.
+fn clear_data(file: &File, start: u64, end: u64) -> io::Result<()> {
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
     let zeros = [0u8; ZERO_BLOCK as usize];
@@ -1428,6 +1530,7 @@ pub fn write_esp(file: &File, offset: u64, spec: &EspSpec) -> Result<EspReport, 
     let label = fs.volume_label();
     fs.unmount().map_err(io_err("unmounting the ESP"))?;
     fix_directories(&mut slice, &g).map_err(io_err("fixing the '.' and '..' entries"))?;
+    slice.flush().map_err(io_err("writing the ESP"))?;
 
     Ok(EspReport {
         size: spec.size,

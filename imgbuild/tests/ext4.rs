@@ -625,3 +625,21 @@ fn every_sparse_format_gives_the_same_bytes() {
         assert!(got == &want, "{format:?} differs from the directory");
     }
 }
+
+/// A real distribution tree (Debian bookworm minbase from debootstrap,
+/// created by scripts/minbase-tree.sh): `e2fsck -fn` is clean and the
+/// kernel shows every file as in the tree.
+#[test]
+fn debian_minbase_tree_is_clean_and_identical_through_the_kernel() {
+    require_root();
+    let tree = PathBuf::from(
+        std::env::var("COCOS_MINBASE").unwrap_or_else(|_| "/var/tmp/cocos-minbase".into()),
+    );
+    assert!(
+        tree.join("usr/bin/dpkg").exists(),
+        "{}: no Debian minbase tree; create it with scripts/minbase-tree.sh",
+        tree.display()
+    );
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    check_tree(&tree, work.path(), false);
+}

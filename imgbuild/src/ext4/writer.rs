@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -432,16 +433,47 @@ impl Ext4Plan {
 
         let mut table = vec![0u8; (g.groups * g.inodes_per_group * INODE_SIZE) as usize];
         let mut dirs_in_group = vec![0u16; g.groups as usize];
-        let mut buf = vec![0u8; 1 << 20];
-        for planned in &self.inodes {
-            let inode =
-                self.write_inode(tree, planned, &mut alloc, &mut out, &mut buf, progress)?;
-            let at = ((planned.ino - 1) as u64 * INODE_SIZE) as usize;
-            table[at..at + INODE_SIZE as usize].copy_from_slice(inode.as_bytes());
-            if inode.i_mode.get() & 0o170000 == 0o040000 {
-                dirs_in_group[((planned.ino - 1) as u64 / g.inodes_per_group) as usize] += 1;
+        // File contents are read ahead on another thread, in the order the
+        // inodes are written, so reading and writing overlap.
+        let files = self
+            .inodes
+            .iter()
+            .filter_map(|planned| match planned.content {
+                InodeContent::Node(id) if planned.dir.is_none() => match &tree.nodes[id].kind {
+                    NodeKind::File { size, content } if *size > 0 => {
+                        Some((&tree.nodes[id].path, *size, content))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            });
+        std::thread::scope(|s| -> Result<(), Ext4Error> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            s.spawn(move || {
+                for (path, size, content) in files {
+                    let source = match content {
+                        FileContent::Path => Content::Path(path),
+                        FileContent::Chunks(chunks) => Content::Chunks {
+                            chunks,
+                            blobs: &tree.blobs,
+                            path,
+                        },
+                    };
+                    if read_file(source, size, &tx).is_err() {
+                        return; // the writer stopped
+                    }
+                }
+            });
+            for planned in &self.inodes {
+                let inode = self.write_inode(tree, planned, &mut alloc, &mut out, &rx, progress)?;
+                let at = ((planned.ino - 1) as u64 * INODE_SIZE) as usize;
+                table[at..at + INODE_SIZE as usize].copy_from_slice(inode.as_bytes());
+                if inode.i_mode.get() & 0o170000 == 0o040000 {
+                    dirs_in_group[((planned.ino - 1) as u64 / g.inodes_per_group) as usize] += 1;
+                }
             }
-        }
+            Ok(())
+        })?;
 
         // Inode tables.
         let per_group = (g.inodes_per_group * INODE_SIZE) as usize;
@@ -586,7 +618,7 @@ impl Ext4Plan {
         planned: &PlannedInode,
         alloc: &mut Allocator,
         out: &mut Output<'_, S>,
-        buf: &mut [u8],
+        contents: &Receiver<Piece>,
         progress: &dyn Fn(u64),
     ) -> Result<Inode, Ext4Error> {
         let ts = self.options.timestamp;
@@ -664,17 +696,13 @@ impl Ext4Plan {
             extents = Some(runs);
         } else if let Some(node) = node {
             match &node.kind {
-                NodeKind::File { size: len, content } => {
+                NodeKind::File { size: len, .. } => {
                     size = *len;
-                    let source = match content {
-                        FileContent::Path => Content::Path(&node.path),
-                        FileContent::Chunks(chunks) => Content::Chunks {
-                            chunks,
-                            blobs: &tree.blobs,
-                            path: &node.path,
-                        },
-                    };
-                    extents = Some(write_file(source, *len, alloc, out, buf, progress)?);
+                    extents = Some(if *len == 0 {
+                        Vec::new()
+                    } else {
+                        write_file(&node.path, contents, alloc, out, progress)?
+                    });
                 }
                 NodeKind::Symlink { target } => {
                     size = target.len() as u64;
@@ -842,22 +870,47 @@ enum Content<'a> {
     },
 }
 
-/// Streams a file's contents into newly allocated blocks. Only the ranges
-/// the source reports as data are read; all-zero blocks within them are
-/// left as holes too, so the image depends on the content alone.
-fn write_file<S: BlockSink>(
+/// Messages from the read-ahead thread, per file in inode order: data
+/// pieces, then `End` (or an error, after which nothing follows).
+enum Piece {
+    /// `data` holds the file's bytes at `offset` (4 KiB aligned), zero
+    /// padded to whole blocks past the end of the file; `read` bytes of it
+    /// came from the file.
+    Data {
+        offset: u64,
+        data: Vec<u8>,
+        read: u64,
+    },
+    /// The file is complete.
+    End,
+    /// Reading failed.
+    Failed(Ext4Error),
+}
+
+/// Pieces in flight between the reader and the writer (each up to 1 MiB).
+const READ_AHEAD: usize = 32;
+
+/// Largest piece read at once.
+const PIECE: u64 = 1 << 20;
+
+/// Reads a file's data ranges (holes skipped) into [`Piece`]s. Returns an
+/// error only when the writer is gone.
+fn read_file(source: Content<'_>, size: u64, tx: &SyncSender<Piece>) -> Result<(), ()> {
+    let send = |p: Piece| tx.send(p).map_err(|_| ());
+    match read_pieces(source, size, &send) {
+        Ok(Ok(())) => send(Piece::End),
+        Ok(Err(e)) => send(Piece::Failed(e)),
+        Err(()) => Err(()),
+    }
+}
+
+/// The outer `Err` means the writer is gone; the inner one a read error.
+fn read_pieces(
     source: Content<'_>,
     size: u64,
-    alloc: &mut Allocator,
-    out: &mut Output<'_, S>,
-    buf: &mut [u8],
-    progress: &dyn Fn(u64),
-) -> Result<Vec<ExtentRun>, Ext4Error> {
+    send: &dyn Fn(Piece) -> Result<(), ()>,
+) -> Result<Result<(), Ext4Error>, ()> {
     use std::os::unix::fs::FileExt;
-    let mut runs = Vec::new();
-    if size == 0 {
-        return Ok(runs);
-    }
     let path = match source {
         Content::Path(p) | Content::Chunks { path: p, .. } => p,
     };
@@ -876,47 +929,89 @@ fn write_file<S: BlockSink>(
     // The data ranges (4 KiB aligned, merged) and a reader of any range.
     let (ranges, file) = match source {
         Content::Path(path) => {
-            let file = File::open(path).map_err(err("open"))?;
-            let now = file.metadata().map_err(err("stat"))?.len();
-            if now != size {
-                return Err(changed());
+            let file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(err("open")(e))),
+            };
+            match file.metadata() {
+                Ok(m) if m.len() == size => {}
+                Ok(_) => return Ok(Err(changed())),
+                Err(e) => return Ok(Err(err("stat")(e))),
             }
-            let ranges = super::source::data_ranges(&file, size).map_err(err("read"))?;
-            (ranges, Some(file))
+            match super::source::data_ranges(&file, size) {
+                Ok(ranges) => (ranges, Some(file)),
+                Err(e) => return Ok(Err(err("read")(e))),
+            }
         }
         Content::Chunks { chunks, .. } => (chunk_ranges(chunks), None),
     };
     for (start, end) in ranges {
         let mut offset = start;
         while offset < end {
-            let want = ((end - offset) as usize).min(buf.len());
+            let want = (end - offset).min(PIECE) as usize;
             let avail = (size.saturating_sub(offset) as usize).min(want);
-            match (&file, &source) {
+            let mut data = vec![0u8; want];
+            let read = match (&file, &source) {
                 (Some(file), _) => {
-                    file.read_exact_at(&mut buf[..avail], offset)
+                    file.read_exact_at(&mut data[..avail], offset)
                         .map_err(|e| match e.kind() {
                             std::io::ErrorKind::UnexpectedEof => changed(),
                             _ => err("read")(e),
-                        })?
+                        })
                 }
                 (None, Content::Chunks { chunks, blobs, .. }) => {
-                    read_chunks(chunks, blobs, offset, &mut buf[..avail]).map_err(err("read"))?
+                    read_chunks(chunks, blobs, offset, &mut data[..avail]).map_err(err("read"))
                 }
-                (None, Content::Path(_)) => return Err(changed()),
+                (None, Content::Path(_)) => Err(changed()),
+            };
+            if let Err(e) = read {
+                return Ok(Err(e));
             }
-            buf[avail..want].fill(0);
-            for (i, block) in buf[..want].chunks(BLOCK).enumerate() {
-                if !is_zero(block) {
-                    let at = alloc.run(1)?;
-                    out.put(at, block)?;
-                    push_block(&mut runs, (offset / BLOCK_SIZE) as u32 + i as u32, at);
-                }
-            }
-            progress(avail as u64);
+            send(Piece::Data {
+                offset,
+                data,
+                read: avail as u64,
+            })?;
             offset += want as u64;
         }
     }
-    Ok(runs)
+    Ok(Ok(()))
+}
+
+/// Writes the next file's pieces from the read-ahead thread into newly
+/// allocated blocks. All-zero blocks are left as holes too, so the image
+/// depends on the content alone.
+fn write_file<S: BlockSink>(
+    path: &Path,
+    contents: &Receiver<Piece>,
+    alloc: &mut Allocator,
+    out: &mut Output<'_, S>,
+    progress: &dyn Fn(u64),
+) -> Result<Vec<ExtentRun>, Ext4Error> {
+    let mut runs = Vec::new();
+    loop {
+        match contents.recv() {
+            Ok(Piece::Data { offset, data, read }) => {
+                for (i, block) in data.chunks(BLOCK).enumerate() {
+                    if !is_zero(block) {
+                        let at = alloc.run(1)?;
+                        out.put(at, block)?;
+                        push_block(&mut runs, (offset / BLOCK_SIZE) as u32 + i as u32, at);
+                    }
+                }
+                progress(read);
+            }
+            Ok(Piece::End) => return Ok(runs),
+            Ok(Piece::Failed(e)) => return Err(e),
+            Err(_) => {
+                return Err(Ext4Error::Source {
+                    path: path.to_path_buf(),
+                    action: "read",
+                    source: std::io::Error::other("the read-ahead thread stopped"),
+                });
+            }
+        }
+    }
 }
 
 /// The 4 KiB-aligned, merged ranges that [`Chunk`]s cover.
