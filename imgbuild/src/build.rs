@@ -361,6 +361,7 @@ pub fn ext4_options(
         root_owned,
         size,
         label: "root".into(),
+        min_inodes: None,
     }
 }
 

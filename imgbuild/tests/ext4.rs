@@ -35,6 +35,7 @@ fn options(root_owned: bool) -> Ext4Options {
         root_owned,
         size: None,
         label: "root".into(),
+        min_inodes: None,
     }
 }
 
@@ -642,4 +643,54 @@ fn debian_minbase_tree_is_clean_and_identical_through_the_kernel() {
     );
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     check_tree(&tree, work.path(), false);
+}
+
+/// An empty filesystem with room for files (as `/cocos` is provisioned):
+/// e2fsck is clean, the kernel mounts it read-write, files can be created
+/// up to the inode count asked for, and e2fsck is still clean after.
+#[test]
+fn an_empty_writable_filesystem_takes_files() {
+    require_root();
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tree = work.path().join("empty");
+    fs::create_dir(&tree).unwrap();
+    let image = work.path().join("cocos.ext4");
+    let opts = Ext4Options {
+        size: Some(64 << 20),
+        min_inodes: Some(4000),
+        ..options(true)
+    };
+    let size = build(&tree, &image, opts);
+    assert_eq!(size, 64 << 20);
+    e2fsck(&image);
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Inode count:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(count >= 4000, "{count} inodes");
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop,rw"])
+        .arg(&image)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let made = (0..3900).try_for_each(|i| fs::write(mnt.join(format!("f{i}")), b"x"));
+    fs::create_dir_all(mnt.join("datasets/a/b")).unwrap();
+    fs::write(mnt.join("datasets/a/b/big"), vec![9u8; 8 << 20]).unwrap();
+    let st = Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(st.success());
+    made.unwrap();
+    e2fsck(&image);
 }

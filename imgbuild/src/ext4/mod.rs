@@ -17,6 +17,7 @@
 //!     root_owned: true,
 //!     size: None,
 //!     label: "root".into(),
+//!     min_inodes: None,
 //! };
 //! let plan = Ext4Plan::new(&tree, options)?;
 //! let file = std::fs::File::create("rootfs.ext4")?;

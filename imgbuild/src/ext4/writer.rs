@@ -68,6 +68,13 @@ pub struct Ext4Options {
     pub size: Option<u64>,
     /// Volume label (at most 16 bytes).
     pub label: String,
+    /// At least this many inodes (for a filesystem that will be written
+    /// to, such as `/cocos`); by default just those the tree needs.
+    pub min_inodes: Option<u64>,
+}
+
+fn min_inodes(options: &Ext4Options) -> u64 {
+    options.min_inodes.unwrap_or(0).min(u64::from(u32::MAX))
 }
 
 /// Receives the filesystem's blocks. Each block is written at most once;
@@ -356,7 +363,7 @@ impl Ext4Plan {
 
         // Size: everything the data needs at most, plus metadata.
         let data_upper: u64 = inodes.iter().map(|i| data_blocks_upper(tree, i)).sum();
-        let inode_count = u64::from(max_ino);
+        let inode_count = u64::from(max_ino).max(min_inodes(&options));
         let mut blocks = data_upper + 64;
         let needed = loop {
             let g = Geometry::new(blocks, inode_count)?;

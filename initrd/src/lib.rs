@@ -1,0 +1,1 @@
+//! `cocos-init`: the initramfs PID 1 (skeleton; see docs/architecture.md).

@@ -1,0 +1,3 @@
+//! `cocos-init`: the initramfs PID 1 (skeleton).
+
+fn main() {}
