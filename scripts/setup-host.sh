@@ -9,10 +9,14 @@
 #   grub-efi-amd64-bin grub-common   GRUB EFI modules and grub-mkimage
 #   genimage debootstrap   the replaced pipeline and the Debian tree of the benchmark
 #   time                /usr/bin/time: peak memory in the benchmarks
+#   libcryptsetup-dev libclang-dev clang pkg-config   cocos-init's libcryptsetup bindings
+#   qemu-system-x86 ovmf   booting disk.img (TCG) in the end-to-end tests
+#   busybox-static cpio    the test root's /sbin/init and the debug shell; cpio -t checks
 set -euo pipefail
 
 packages=(cryptsetup-bin e2fsprogs dosfstools mtools gdisk fdisk grub-efi-amd64-bin grub-common
-  genimage debootstrap time)
+  genimage debootstrap time libcryptsetup-dev libclang-dev clang pkg-config qemu-system-x86 ovmf
+  busybox-static cpio)
 
 missing=()
 for p in "${packages[@]}"; do
