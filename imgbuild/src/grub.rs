@@ -64,15 +64,20 @@ pub fn kernel_cmdline(root_hash_hex: &str, extra: &str) -> String {
 }
 
 /// The GRUB configuration booting the kernel and initramfs on the ESP.
+///
+/// Plain commands, no `menuentry`: the configuration embedded with
+/// `grub-mkimage -c` runs before normal mode has registered `menuentry`,
+/// so a menu there would fall through to normal mode, which reads the
+/// unmeasured `$prefix/grub.cfg` copy on the ESP instead. Booting from the
+/// embedded commands means the measured bootloader decides the command line.
 pub fn config(cmdline: &str) -> String {
     format!(
         "set timeout=0\n\
-         set default=0\n\
          search --no-floppy --set=root --file /{KERNEL_PATH}\n\
-         menuentry \"cocos\" {{\n\
-         \tlinux /{KERNEL_PATH} {cmdline}\n\
-         \tinitrd /{INITRD_PATH}\n\
-         }}\n"
+         echo \"cocos: booting /{KERNEL_PATH}\"\n\
+         linux /{KERNEL_PATH} {cmdline}\n\
+         initrd /{INITRD_PATH}\n\
+         boot\n"
     )
 }
 
