@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds a development disk image: Debian's kernel (unpacked, not
+# installed), an initramfs with cocos-init and the kernel modules the boot
+# flow needs, and a minimal busybox root whose /sbin/init prints
+# COCOS_ROOT_READY, the mount table and /etc/fstab, then powers off.
+# Prints the root hash; boot the result with scripts/qemu-dev.sh OUT/disk.img.
+#
+#   scripts/dev-image.sh [OUT_DIR]       (default: out)
+#
+# Environment: COCOS_SIZE (cocos partition, default 256M), CMDLINE (extra
+# kernel options, default console=ttyS0), PROFILE (cargo profile of the
+# tools, default release), SOURCE_DATE_EPOCH (default 1700000000), SEED.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+out="${1:-out}"
+case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
+profile="${PROFILE:-release}"
+kernel_root="$(scripts/fetch-boot-deps.sh)"
+vmlinuz="$(ls "$kernel_root"/boot/vmlinuz-* | head -n 1)"
+version="${vmlinuz##*/vmlinuz-}"
+
+echo "dev-image: building cocos-init and cocos-imgbuild ($profile)" >&2
+cargo build --locked --profile "$profile" -p cocos-init -p cocos-imgbuild >&2
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+
+# The root tree: busybox, an init that reports and powers off, the runtime
+# fstab (written here so the root hash covers it) and the mount points the
+# boot flow uses on the read-only root.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,etc/certs,etc/cocos,proc,sys,dev,run,tmp,var,cocos,cocos_init}
+cp /bin/busybox "$root/bin/busybox"
+for applet in sh cat echo mount umount poweroff sleep ls; do ln -s busybox "$root/bin/$applet"; done
+cat >"$root/sbin/init" <<'INIT'
+#!/bin/sh
+echo "COCOS_ROOT_READY $(cat /proc/cmdline)"
+echo "--- /proc/mounts"
+cat /proc/mounts
+echo "--- /etc/fstab"
+cat /etc/fstab
+echo "--- end"
+poweroff -f
+INIT
+chmod 0755 "$root/sbin/init"
+cat >"$root/etc/fstab" <<'FSTAB'
+# <file system>          <mount point>  <type>  <options>                           <dump> <pass>
+/dev/mapper/root_verity  /              ext4    ro                                  0      0
+certs_share              /etc/certs     9p      trans=virtio,version=9p2000.L,nofail 0      0
+env_share                /etc/cocos     9p      trans=virtio,version=9p2000.L,nofail 0      0
+FSTAB
+
+# The modules of the boot flow (their dependencies are added by the builder).
+modules="virtio_pci virtio_scsi sd_mod crc32c_generic ext4 dm-mod dm-verity dm-integrity dm-crypt
+  gcm ghash-generic ctr ecb xts af_alg algif_aead configfs 9p 9pnet_virtio"
+module_args=()
+for m in $modules; do module_args+=(--module "$m"); done
+
+SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1700000000}" "$bin_dir/cocos-imgbuild" build \
+  --out "$out" \
+  --rootfs "$root" \
+  --root-owned \
+  --kernel "$vmlinuz" \
+  --init "$bin_dir/cocos-init" \
+  --modules-dir "$kernel_root/lib/modules/$version" \
+  "${module_args[@]}" \
+  --initramfs-file /bin/busybox:/bin/sh \
+  --cmdline "${CMDLINE:-console=ttyS0}" \
+  --cocos-size "${COCOS_SIZE:-256M}" \
+  --seed "${SEED:-00000000-0000-4000-8000-00000000c0c0}"
