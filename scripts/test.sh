@@ -9,6 +9,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
+# sev-snp-measure (PyPI), the reference of the SNP launch-digest tests.
+scripts/setup-python-refs.sh
 # A Debian minbase tree for the e2fsck test on a real distribution tree.
 COCOS_MINBASE="$(scripts/minbase-tree.sh)"
 export COCOS_MINBASE

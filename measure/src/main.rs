@@ -1,5 +1,7 @@
 //! `cocos-measure`: command-line front end of the `cocos_measure` library.
 
+mod cli;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +23,8 @@ const EXIT_ERROR: u8 = 2;
 #[command(
     name = "cocos-measure",
     version,
-    about = "Compute what a verifier must expect from a confidential VM",
+    about = "Compute what a verifier must expect from a confidential VM: dm-verity root hashes, \
+        SEV-SNP launch digests, IGVM digests, ID blocks, TDX MRTD",
     long_about = "Compute what a verifier must expect from a confidential VM.\n\n\
         Exit status: 0 on success, 1 when a verification found a mismatch, 2 when the \
         command could not run (bad arguments, unreadable files, corrupt metadata)."
@@ -39,6 +42,19 @@ enum Command {
     /// dm-verity hash trees, byte-identical to veritysetup.
     #[command(subcommand)]
     Verity(VerityCommand),
+    /// SEV, SEV-ES and SEV-SNP launch digests of OVMF boots, as sev-snp-measure.
+    ///
+    /// Same options, defaults and digests as sev-snp-measure 0.0.13 (the
+    /// PyPI package), including the quirks listed below.
+    Snp(cli::snp::SnpArgs),
+    /// SEV-SNP launch digest or TDX MRTD of an IGVM file; `igvm sign` embeds an ID block.
+    ///
+    /// `cocos-measure igvm FILE` prints the launch digest; `cocos-measure igvm
+    /// sign FILE --id-key PEM --out SIGNED.igvm` adds a signed SNP ID block.
+    Igvm(cli::igvm::IgvmArgs),
+    /// SEV-SNP ID block and ID auth structure for a launch digest (ECDSA P-384,
+    /// RFC 6979), for QEMU's sev-snp-guest id-block= and id-auth=.
+    IdBlock(cli::idblock::IdBlockArgs),
 }
 
 #[derive(Subcommand)]
@@ -206,6 +222,15 @@ fn init_logging(verbose: u8) {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Snp(args) => {
+            cli::snp::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Igvm(args) => cli::igvm::run(args),
+        Command::IdBlock(args) => {
+            cli::idblock::run_id_block(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verity(VerityCommand::Format {
             data,
             hash,
