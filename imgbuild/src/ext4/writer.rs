@@ -457,6 +457,7 @@ impl Ext4Plan {
         std::thread::scope(|s| -> Result<(), Ext4Error> {
             let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
             s.spawn(move || {
+                let mut tx = Batcher::new(tx);
                 for (path, size, content) in files {
                     let source = match content {
                         FileContent::Path => Content::Path(path),
@@ -466,11 +467,13 @@ impl Ext4Plan {
                             path,
                         },
                     };
-                    if read_file(source, size, &tx).is_err() {
+                    if read_file(source, size, &mut tx).is_err() {
                         return; // the writer stopped
                     }
                 }
+                let _ = tx.flush();
             });
+            let rx = Contents::new(rx);
             for planned in &self.inodes {
                 let inode = self.write_inode(tree, planned, &mut alloc, &mut out, &rx, progress)?;
                 let at = ((planned.ino - 1) as u64 * INODE_SIZE) as usize;
@@ -625,7 +628,7 @@ impl Ext4Plan {
         planned: &PlannedInode,
         alloc: &mut Allocator,
         out: &mut Output<'_, S>,
-        contents: &Receiver<Piece>,
+        contents: &Contents,
         progress: &dyn Fn(u64),
     ) -> Result<Inode, Ext4Error> {
         let ts = self.options.timestamp;
@@ -894,16 +897,86 @@ enum Piece {
     Failed(Ext4Error),
 }
 
-/// Pieces in flight between the reader and the writer (each up to 1 MiB).
-const READ_AHEAD: usize = 32;
+/// Batches in flight between the reader and the writer.
+const READ_AHEAD: usize = 16;
+
+/// A batch is sent when it holds this many bytes or [`BATCH_PIECES`]
+/// pieces: one hand-over per many small files, not two per file.
+const BATCH_BYTES: usize = 1 << 20;
+/// See [`BATCH_BYTES`].
+const BATCH_PIECES: usize = 256;
+
+/// The reader's side: collects pieces into batches.
+struct Batcher {
+    tx: SyncSender<Vec<Piece>>,
+    batch: Vec<Piece>,
+    bytes: usize,
+}
+
+impl Batcher {
+    fn new(tx: SyncSender<Vec<Piece>>) -> Self {
+        Batcher {
+            tx,
+            batch: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Queues `piece`; `Err` when the writer is gone.
+    fn send(&mut self, piece: Piece) -> Result<(), ()> {
+        if let Piece::Data { data, .. } = &piece {
+            self.bytes += data.len();
+        }
+        self.batch.push(piece);
+        if self.bytes >= BATCH_BYTES || self.batch.len() >= BATCH_PIECES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ()> {
+        self.bytes = 0;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(std::mem::take(&mut self.batch))
+            .map_err(|_| ())
+    }
+}
+
+/// The writer's side: hands out the pieces of the batches in order.
+struct Contents {
+    rx: Receiver<Vec<Piece>>,
+    queue: std::cell::RefCell<std::collections::VecDeque<Piece>>,
+}
+
+impl Contents {
+    fn new(rx: Receiver<Vec<Piece>>) -> Self {
+        Contents {
+            rx,
+            queue: Default::default(),
+        }
+    }
+
+    /// The next piece; `None` when the reader stopped.
+    fn next(&self) -> Option<Piece> {
+        let mut queue = self.queue.borrow_mut();
+        if queue.is_empty() {
+            queue.extend(self.rx.recv().ok()?);
+        }
+        queue.pop_front()
+    }
+}
 
 /// Largest piece read at once.
 const PIECE: u64 = 1 << 20;
 
 /// Reads a file's data ranges (holes skipped) into [`Piece`]s. Returns an
 /// error only when the writer is gone.
-fn read_file(source: Content<'_>, size: u64, tx: &SyncSender<Piece>) -> Result<(), ()> {
-    let send = |p: Piece| tx.send(p).map_err(|_| ());
+fn read_file(source: Content<'_>, size: u64, tx: &mut Batcher) -> Result<(), ()> {
+    let cell = std::cell::RefCell::new(tx);
+    let send = |p: Piece| cell.borrow_mut().send(p);
     match read_pieces(source, size, &send) {
         Ok(Ok(())) => send(Piece::End),
         Ok(Err(e)) => send(Piece::Failed(e)),
@@ -990,15 +1063,15 @@ fn read_pieces(
 /// depends on the content alone.
 fn write_file<S: BlockSink>(
     path: &Path,
-    contents: &Receiver<Piece>,
+    contents: &Contents,
     alloc: &mut Allocator,
     out: &mut Output<'_, S>,
     progress: &dyn Fn(u64),
 ) -> Result<Vec<ExtentRun>, Ext4Error> {
     let mut runs = Vec::new();
     loop {
-        match contents.recv() {
-            Ok(Piece::Data { offset, data, read }) => {
+        match contents.next() {
+            Some(Piece::Data { offset, data, read }) => {
                 for (i, block) in data.chunks(BLOCK).enumerate() {
                     if !is_zero(block) {
                         let at = alloc.run(1)?;
@@ -1008,9 +1081,9 @@ fn write_file<S: BlockSink>(
                 }
                 progress(read);
             }
-            Ok(Piece::End) => return Ok(runs),
-            Ok(Piece::Failed(e)) => return Err(e),
-            Err(_) => {
+            Some(Piece::End) => return Ok(runs),
+            Some(Piece::Failed(e)) => return Err(e),
+            None => {
                 return Err(Ext4Error::Source {
                     path: path.to_path_buf(),
                     action: "read",
