@@ -11,6 +11,11 @@
 //! 5. Write the GPT, whose root and verity GUIDs come from the root hash.
 //! 6. Write `manifest.json`, then move every artifact into place.
 //!
+//! The initramfs is either a prebuilt file or generated first (before any
+//! output is written, so a missing module fails fast) by
+//! [`crate::initramfs`] with the build's SOURCE_DATE_EPOCH; either way it
+//! becomes `rootfs.cpio.gz` and the ESP's `initrd.cpio.gz`.
+//!
 //! Everything goes to temporary names in the output directory first; on
 //! failure they are removed, so no partial `disk.img` looks complete.
 
@@ -31,7 +36,18 @@ use crate::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceE
 use crate::fat::{self, EspFile, EspSource, EspSpec, FatError};
 use crate::gpt::{self, GptError, PartitionSpec};
 use crate::grub::{self, GrubError};
+use crate::initramfs::{Initramfs, InitramfsError, InitramfsSpec};
 use crate::seed::Seed;
+
+/// Where the initramfs comes from.
+#[derive(Debug, Clone)]
+pub enum InitramfsSource {
+    /// A prebuilt file, copied as is.
+    File(PathBuf),
+    /// Generated (`cocos-imgbuild initramfs`); its `source_date_epoch` is
+    /// replaced by the build's.
+    Generate(Box<InitramfsSpec>),
+}
 
 /// Where the bootloader comes from.
 #[derive(Debug, Clone)]
@@ -58,7 +74,7 @@ pub struct BuildConfig {
     /// Kernel (bzImage).
     pub kernel: PathBuf,
     /// Initramfs.
-    pub initramfs: PathBuf,
+    pub initramfs: InitramfsSource,
     /// Bootloader.
     pub bootloader: Bootloader,
     /// Extra kernel command line options.
@@ -119,6 +135,9 @@ pub enum BuildError {
     /// The partition table could not be written.
     #[error("writing the partition table")]
     Gpt(#[from] GptError),
+    /// The initramfs could not be generated.
+    #[error("building the initramfs")]
+    Initramfs(#[from] InitramfsError),
 }
 
 fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BuildError {
@@ -163,6 +182,21 @@ pub struct FileDigest {
     pub sha256: String,
 }
 
+/// What a generated initramfs holds, in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct GeneratedInitramfs {
+    /// Kernel version of the modules.
+    pub kernel_version: Option<String>,
+    /// Module paths in the initramfs, in load order.
+    pub modules: Vec<String>,
+    /// Requested modules built into the kernel.
+    pub builtin_modules: Vec<String>,
+    /// Shared library paths in the initramfs.
+    pub libraries: Vec<String>,
+    /// Entries in the archive.
+    pub entries: usize,
+}
+
 /// `manifest.json`: everything a verifier needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
@@ -185,6 +219,9 @@ pub struct Manifest {
     pub artifacts: Vec<FileDigest>,
     /// Input files.
     pub inputs: Vec<FileDigest>,
+    /// The generated initramfs (absent for a prebuilt one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<GeneratedInitramfs>,
 }
 
 /// What `build` reports (`--json`).
@@ -387,11 +424,12 @@ pub fn build(
     progress: &dyn Fn(u64),
 ) -> Result<BuildSummary, BuildError> {
     let seed = Seed::new(cfg.seed);
-    for (path, what) in [
-        (&cfg.rootfs, "root tree"),
-        (&cfg.kernel, "kernel"),
-        (&cfg.initramfs, "initramfs"),
-    ] {
+    let mut required = vec![(&cfg.rootfs, "root tree"), (&cfg.kernel, "kernel")];
+    match &cfg.initramfs {
+        InitramfsSource::File(path) => required.push((path, "initramfs")),
+        InitramfsSource::Generate(spec) => required.push((&spec.init, "init program")),
+    }
+    for (path, what) in required {
         if !path.exists() {
             return Err(BuildError::MissingInput {
                 path: path.clone(),
@@ -407,10 +445,24 @@ pub fn build(
             });
         }
     }
+    let mut stage = Stage::new();
+    // 0. A generated initramfs, first: its inputs are the likeliest to be
+    // wrong (module names), and nothing is written yet.
+    let generated = match &cfg.initramfs {
+        InitramfsSource::File(_) => None,
+        InitramfsSource::Generate(spec) => {
+            let spec = InitramfsSpec {
+                source_date_epoch: cfg.source_date_epoch,
+                ..(**spec).clone()
+            };
+            let (bytes, summary) = Initramfs::build(&spec)?.compressed()?;
+            stage.done("initramfs");
+            Some((bytes, summary, spec))
+        }
+    };
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
     let mut staging = Staging::new(&cfg.out_dir);
 
-    let mut stage = Stage::new();
     // 1. Plan the root filesystem, its hash tree and the partitions.
     let tree = SourceTree::read(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
@@ -562,7 +614,13 @@ pub fn build(
                 },
                 EspFile {
                     path: grub::INITRD_PATH.into(),
-                    source: EspSource::File(cfg.initramfs.clone()),
+                    source: match (&cfg.initramfs, &generated) {
+                        (_, Some((bytes, _, _))) => EspSource::Bytes(bytes.clone()),
+                        (InitramfsSource::File(path), None) => EspSource::File(path.clone()),
+                        (InitramfsSource::Generate(_), None) => {
+                            return Err(BuildError::Internal("the initramfs was not generated"));
+                        }
+                    },
                 },
             ],
         },
@@ -577,11 +635,20 @@ pub fn build(
     stage.done("partition table");
     // 6. Side artifacts and the manifest.
     let initramfs = staging.create(artifact::INITRAMFS)?;
-    std::io::copy(
-        &mut File::open(&cfg.initramfs).map_err(io_err(&cfg.initramfs, "read"))?,
-        &mut &initramfs,
-    )
-    .map_err(io_err(&cfg.initramfs, "copy"))?;
+    match (&cfg.initramfs, &generated) {
+        (_, Some((bytes, _, _))) => std::io::Write::write_all(&mut &initramfs, bytes)
+            .map_err(io_err(&cfg.out_dir.join(artifact::INITRAMFS), "write"))?,
+        (InitramfsSource::File(path), None) => {
+            std::io::copy(
+                &mut File::open(path).map_err(io_err(path, "read"))?,
+                &mut &initramfs,
+            )
+            .map_err(io_err(path, "copy"))?;
+        }
+        (InitramfsSource::Generate(_), None) => {
+            return Err(BuildError::Internal("the initramfs was not generated"));
+        }
+    }
     let roothash_file = staging.create(artifact::ROOTHASH)?;
     std::io::Write::write_all(&mut &roothash_file, format!("{root_hash}\n").as_bytes())
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
@@ -642,8 +709,22 @@ pub fn build(
     stage.done("digests");
     let mut inputs = Vec::new();
     // By role, not by path: where the inputs lay must not change the
-    // manifest (the root tree is covered by the root hash).
-    for (path, role) in [(&cfg.kernel, "kernel"), (&cfg.initramfs, "initramfs")] {
+    // manifest (the root tree is covered by the root hash; the modules and
+    // libraries of a generated initramfs by rootfs.cpio.gz's digest).
+    let mut input_files = vec![(cfg.kernel.clone(), "kernel".to_owned())];
+    match (&cfg.initramfs, &generated) {
+        (_, Some((_, _, spec))) => {
+            input_files.push((spec.init.clone(), "init".into()));
+            for f in &spec.files {
+                input_files.push((f.source.clone(), format!("initramfs-file:{}", f.dest)));
+            }
+        }
+        (InitramfsSource::File(path), None) => {
+            input_files.push((path.clone(), "initramfs".into()));
+        }
+        (InitramfsSource::Generate(_), None) => {}
+    }
+    for (path, role) in &input_files {
         let f = File::open(path).map_err(io_err(path, "read"))?;
         let len = f.metadata().map_err(io_err(path, "stat"))?.len();
         inputs.push(digest_range(&f, role, 0, len)?);
@@ -667,6 +748,15 @@ pub fn build(
         esp: esp.files.clone(),
         artifacts: artifacts.clone(),
         inputs,
+        initramfs: generated
+            .as_ref()
+            .map(|(_, summary, _)| GeneratedInitramfs {
+                kernel_version: summary.kernel_version.clone(),
+                modules: summary.modules.iter().map(|m| m.path.clone()).collect(),
+                builtin_modules: summary.builtin_modules.clone(),
+                libraries: summary.libraries.iter().map(|l| l.path.clone()).collect(),
+                entries: summary.entries.len(),
+            }),
     };
     let manifest_file = staging.create(artifact::MANIFEST)?;
     let json =

@@ -3,7 +3,9 @@
 //! `cocos-imgbuild` turns a root tree, a kernel, an initramfs and a
 //! bootloader into a sparse GPT `disk.img` (FAT ESP with GRUB, ext4 root,
 //! dm-verity hash partition, blank `cocos` partition) and its side artifacts,
-//! reproducibly and without root privileges.
+//! reproducibly and without root privileges. [`initramfs`] builds the
+//! initramfs itself from an init program, kernel modules and the shared
+//! libraries they need.
 
 #![forbid(unsafe_code)]
 
@@ -12,5 +14,6 @@ pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod grub;
+pub mod initramfs;
 pub mod inspect;
 pub mod seed;

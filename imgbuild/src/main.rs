@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use cocos_imgbuild::build::{self, Bootloader, BuildConfig};
+use cocos_imgbuild::build::{self, Bootloader, BuildConfig, InitramfsSource};
 use cocos_imgbuild::grub;
+use cocos_imgbuild::initramfs::{self, ExtraFile, Initramfs, InitramfsSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -37,6 +38,15 @@ enum Command {
     /// rootfs.ext4, rootfs.verity, rootfs.roothash, rootfs.cpio.gz and
     /// manifest.json; nothing is left behind on failure.
     Build(Box<BuildArgs>),
+    /// Build an initramfs: a deterministic, gzip-compressed newc cpio
+    /// archive with /init, the kernel modules asked for and their
+    /// dependencies (load order in /etc/cocos-init.toml), the shared
+    /// libraries of every program, device nodes and extra files.
+    ///
+    /// SOURCE_DATE_EPOCH (environment; default 1980-01-01) stamps every
+    /// entry. The same inputs give the same bytes. Nothing is left behind
+    /// on failure.
+    Initramfs(Box<InitramfsArgs>),
     /// Write only the ext4 root filesystem of a tree (no verity, no disk).
     Mkfs {
         /// Root tree: a directory, or a tar archive (.tar, .tar.gz).
@@ -67,6 +77,59 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct InitramfsArgs {
+    /// The init program, stored as /init.
+    #[arg(long, value_name = "FILE")]
+    init: PathBuf,
+    /// Output file (e.g. initrd.cpio.gz).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Kernel module tree: a lib/modules/<version> directory (e.g. of an
+    /// unpacked Debian kernel package; modules.dep is used when present,
+    /// else each module's .modinfo).
+    #[arg(long, value_name = "DIR")]
+    modules_dir: Option<PathBuf>,
+    /// A kernel module to load (repeatable; dependencies are added).
+    #[arg(long = "module", value_name = "NAME")]
+    module: Vec<String>,
+    /// Kernel modules to load, space separated.
+    #[arg(long, value_name = "LIST")]
+    modules: Option<String>,
+    /// An extra file: SRC:DEST[:MODE] (DEST absolute, MODE octal
+    /// [default: 0755 if SRC is executable, else 0644]; repeatable).
+    #[arg(long = "file", value_name = "SRC:DEST[:MODE]")]
+    file: Vec<ExtraFile>,
+    /// An extra directory to find shared libraries in (repeatable);
+    /// libraries found there are stored in /lib.
+    #[arg(long = "lib-dir", value_name = "DIR")]
+    lib_dir: Vec<PathBuf>,
+    /// How long cocos-init waits for the disk partitions [default: 10000].
+    #[arg(long, value_name = "N")]
+    device_timeout_ms: Option<u64>,
+    /// Print one JSON summary object (entries, modules in load order,
+    /// libraries, size, sha256) on stdout.
+    #[arg(long, conflicts_with = "list")]
+    json: bool,
+    /// List the entries as `cpio -tv` does.
+    #[arg(long)]
+    list: bool,
+}
+
+/// A list given as one space-separated string or as an array of strings.
+fn words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Words {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match Words::deserialize(d)? {
+        Words::One(s) => s,
+        Words::Many(v) => v.join(" "),
+    }))
+}
+
 #[derive(Args, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct BuildArgs {
@@ -84,9 +147,38 @@ struct BuildArgs {
     /// Kernel image (bzImage).
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
-    /// Initramfs (copied to rootfs.cpio.gz and the ESP).
+    /// A prebuilt initramfs (copied to rootfs.cpio.gz and the ESP); or
+    /// --init to generate one.
     #[arg(long, value_name = "FILE")]
     initramfs: Option<PathBuf>,
+    /// Generate the initramfs (as `cocos-imgbuild initramfs` does) with
+    /// this init program, instead of --initramfs.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// With --init: kernel module tree (lib/modules/<version>).
+    #[arg(long, value_name = "DIR")]
+    modules_dir: Option<PathBuf>,
+    /// With --init: a kernel module to load (repeatable).
+    #[arg(long = "module", value_name = "NAME")]
+    #[serde(default)]
+    module: Vec<String>,
+    /// With --init: kernel modules to load, space separated (in
+    /// image.toml also an array).
+    #[arg(long, value_name = "LIST")]
+    #[serde(default, deserialize_with = "words")]
+    modules: Option<String>,
+    /// With --init: an extra file SRC:DEST[:MODE] (repeatable).
+    #[arg(long = "initramfs-file", value_name = "SRC:DEST[:MODE]")]
+    #[serde(default)]
+    initramfs_file: Vec<String>,
+    /// With --init: an extra directory to find shared libraries in.
+    #[arg(long = "lib-dir", value_name = "DIR")]
+    #[serde(default)]
+    lib_dir: Vec<PathBuf>,
+    /// With --init: how long cocos-init waits for the disk partitions
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    device_timeout_ms: Option<u64>,
     /// A prebuilt EFI bootloader instead of building GRUB.
     #[arg(long, value_name = "FILE")]
     bootloader: Option<PathBuf>,
@@ -149,6 +241,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Build(args) => run_build(*args).map(|()| ExitCode::SUCCESS),
+        Command::Initramfs(args) => run_initramfs(*args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { disk, json } => run_inspect(&disk, json),
         Command::Mkfs {
             rootfs,
@@ -189,32 +282,151 @@ fn load_config(path: &Path) -> Result<BuildArgs> {
         &mut args.rootfs,
         &mut args.kernel,
         &mut args.initramfs,
+        &mut args.init,
+        &mut args.modules_dir,
         &mut args.bootloader,
         &mut args.grub_modules_dir,
     ]
     .into_iter()
     .flatten()
+    .chain(args.lib_dir.iter_mut())
     {
         if p.is_relative() {
             *p = base.join(&*p);
         }
     }
+    for spec in &mut args.initramfs_file {
+        let mut file: ExtraFile = spec
+            .parse()
+            .with_context(|| format!("{}: initramfs-file", path.display()))?;
+        if file.source.is_relative() {
+            file.source = base.join(&file.source);
+            *spec = extra_file_string(&file);
+        }
+    }
     Ok(args)
 }
 
-fn run_build(flags: BuildArgs) -> Result<()> {
-    let file = match &flags.config {
+fn extra_file_string(f: &ExtraFile) -> String {
+    match f.mode {
+        Some(m) => format!("{}:{}:{m:o}", f.source.display(), f.dest),
+        None => format!("{}:{}", f.source.display(), f.dest),
+    }
+}
+
+/// Module names from `--module` (repeatable) and `--modules "a b"`.
+fn module_list(module: Vec<String>, modules: Option<String>) -> Vec<String> {
+    let mut all = module;
+    if let Some(list) = modules {
+        all.extend(list.split_whitespace().map(String::from));
+    }
+    all
+}
+
+/// Where the initramfs of a build comes from: `--initramfs FILE`, or
+/// `--init FILE` and the other generation options. The flags choose if
+/// they give either; otherwise image.toml does.
+fn initramfs_source(
+    flags: &mut BuildArgs,
+    file: &mut BuildArgs,
+    source_date_epoch: i64,
+) -> Result<InitramfsSource> {
+    let generation_options = |a: &BuildArgs| {
+        let mut given = Vec::new();
+        if a.modules_dir.is_some() {
+            given.push("modules-dir");
+        }
+        if !a.module.is_empty() || a.modules.is_some() {
+            given.push("module(s)");
+        }
+        if !a.initramfs_file.is_empty() {
+            given.push("initramfs-file");
+        }
+        if !a.lib_dir.is_empty() {
+            given.push("lib-dir");
+        }
+        if a.device_timeout_ms.is_some() {
+            given.push("device-timeout-ms");
+        }
+        given
+    };
+    let from_flags = flags.initramfs.is_some() || flags.init.is_some();
+    // Generation options that would be ignored with a prebuilt initramfs:
+    // the flags' always, the file's when the file chose.
+    let mut ignored = generation_options(flags);
+    if !from_flags {
+        ignored.extend(generation_options(file));
+    }
+    let chosen = if from_flags { &mut *flags } else { &mut *file };
+    match (chosen.initramfs.take(), chosen.init.take()) {
+        (Some(_), Some(_)) => {
+            bail!(
+                "give either --initramfs FILE (a prebuilt initramfs) or --init FILE (to generate one), not both"
+            )
+        }
+        (None, None) => {
+            bail!(
+                "--initramfs FILE (a prebuilt initramfs) or --init FILE (to generate one) is required"
+            )
+        }
+        (Some(path), None) => {
+            if !ignored.is_empty() {
+                ignored.sort_unstable();
+                ignored.dedup();
+                bail!(
+                    "{} only apply with --init FILE, not with --initramfs FILE",
+                    ignored.join(", ")
+                );
+            }
+            Ok(InitramfsSource::File(path))
+        }
+        (None, Some(init)) => {
+            // Flags win over the file, option by option (lists as a whole).
+            let pick_list = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
+            let modules_flags =
+                module_list(std::mem::take(&mut flags.module), flags.modules.take());
+            let modules_file = module_list(std::mem::take(&mut file.module), file.modules.take());
+            let files = pick_list(
+                std::mem::take(&mut flags.initramfs_file),
+                std::mem::take(&mut file.initramfs_file),
+            )
+            .iter()
+            .map(|s| s.parse::<ExtraFile>().context("--initramfs-file"))
+            .collect::<Result<Vec<_>>>()?;
+            let lib_dirs = if flags.lib_dir.is_empty() {
+                std::mem::take(&mut file.lib_dir)
+            } else {
+                std::mem::take(&mut flags.lib_dir)
+            };
+            Ok(InitramfsSource::Generate(Box::new(InitramfsSpec {
+                init,
+                modules_dir: flags.modules_dir.take().or(file.modules_dir.take()),
+                modules: pick_list(modules_flags, modules_file),
+                files,
+                lib_dirs,
+                device_timeout_ms: flags
+                    .device_timeout_ms
+                    .or(file.device_timeout_ms)
+                    .unwrap_or(initramfs::DEFAULT_DEVICE_TIMEOUT_MS),
+                source_date_epoch,
+            })))
+        }
+    }
+}
+
+fn run_build(mut flags: BuildArgs) -> Result<()> {
+    let mut file = match &flags.config {
         Some(path) => load_config(path)?,
         None => BuildArgs::default(),
     };
+    let source_date_epoch = source_date_epoch()?;
+    let initramfs = initramfs_source(&mut flags, &mut file, source_date_epoch)?;
     // Flags win over the file.
     let json = flags.json;
     let pick = |a: Option<PathBuf>, b: Option<PathBuf>| a.or(b);
     let out = pick(flags.out, file.out).context("--out DIR is required")?;
     let rootfs = pick(flags.rootfs, file.rootfs).context("--rootfs DIR|TAR is required")?;
     let kernel = pick(flags.kernel, file.kernel).context("--kernel FILE is required")?;
-    let initramfs =
-        pick(flags.initramfs, file.initramfs).context("--initramfs FILE is required")?;
     let bootloader = match pick(flags.bootloader, file.bootloader) {
         Some(path) => Bootloader::Prebuilt(path),
         None => Bootloader::Grub {
@@ -238,7 +450,6 @@ fn run_build(flags: BuildArgs) -> Result<()> {
             .map(|s| parse_size(&s).with_context(|| format!("--{what}")))
             .transpose()
     };
-    let source_date_epoch = source_date_epoch()?;
     let cfg = BuildConfig {
         out_dir: out,
         rootfs,
@@ -276,6 +487,52 @@ fn run_build(flags: BuildArgs) -> Result<()> {
         println!("Kernel cmdline: {}", summary.kernel_cmdline);
         for a in &summary.artifacts {
             println!("  {:<22} {:>12} bytes  sha256 {}", a.path, a.size, a.sha256);
+        }
+    }
+    Ok(())
+}
+
+fn run_initramfs(args: InitramfsArgs) -> Result<()> {
+    let spec = InitramfsSpec {
+        init: args.init,
+        modules_dir: args.modules_dir,
+        modules: module_list(args.module, args.modules),
+        files: args.file,
+        lib_dirs: args.lib_dir,
+        device_timeout_ms: args
+            .device_timeout_ms
+            .unwrap_or(initramfs::DEFAULT_DEVICE_TIMEOUT_MS),
+        source_date_epoch: source_date_epoch()?,
+    };
+    let built = Initramfs::build(&spec)?;
+    let summary = built.write(&args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if args.list {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        print!("{}", initramfs::cpio::list_long(&built.members()?, now));
+    } else {
+        println!(
+            "Wrote {}: {} entries, {} modules{}, {} libraries, {} bytes, sha256 {}",
+            args.out.display(),
+            summary.entries.len(),
+            summary.modules.len(),
+            summary
+                .kernel_version
+                .as_ref()
+                .map(|v| format!(" (kernel {v})"))
+                .unwrap_or_default(),
+            summary.libraries.len(),
+            summary.size,
+            summary.sha256
+        );
+        if !summary.builtin_modules.is_empty() {
+            println!(
+                "Built into the kernel (not loaded): {}",
+                summary.builtin_modules.join(" ")
+            );
         }
     }
     Ok(())

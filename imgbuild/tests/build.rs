@@ -574,3 +574,224 @@ fn progress_bar_only_on_a_terminal() {
         "progress drawn into a pipe:\n{err}"
     );
 }
+
+/// A kernel module tree without modules.dep (as in an unpacked kernel
+/// package): two "modules" made from any ELF file with `objcopy
+/// --add-section .modinfo=...`; `a` needs `b-mod` (written with `-`, asked
+/// for and listed with `_`).
+fn fake_modules(dir: &Path) -> PathBuf {
+    let tree = dir.join("lib/modules/1.2.3-test");
+    for (rel, modinfo) in [
+        ("kernel/a.ko", &b"license=GPL\0depends=b_mod\0name=a\0"[..]),
+        ("kernel/sub/b-mod.ko", &b"depends=\0name=b_mod\0"[..]),
+    ] {
+        let dest = tree.join(rel);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let info = dir.join("modinfo");
+        fs::write(&info, modinfo).unwrap();
+        run_ok(
+            tool("objcopy")
+                .arg(format!("--add-section=.modinfo={}", info.display()))
+                .arg("/bin/true")
+                .arg(&dest),
+        );
+    }
+    tree
+}
+
+fn cpio_file(archive: &Path, member: &str) -> Vec<u8> {
+    let out = run_ok(tool("sh").arg("-c").arg(format!(
+        "zcat '{}' | cpio -i --quiet --to-stdout '{member}'",
+        archive.display()
+    )));
+    out.stdout
+}
+
+/// `build --init` generates the initramfs (modules, libraries, extra
+/// files): it becomes rootfs.cpio.gz and the ESP's initrd.cpio.gz, two
+/// builds are identical, and image.toml's keys build the same.
+#[test]
+fn build_with_init_generates_a_reproducible_initramfs() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let modules = fake_modules(work.path());
+    let extra = work.path().join("motd");
+    fs::write(&extra, b"hello\n").unwrap();
+    let build_init = |tree: &Path, out: &Path| {
+        let o = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+                .args(["build", "--json", "--root-owned", "--cocos-size", "1G"])
+                .args(["--seed", SEED, "--cmdline", "console=ttyS0"])
+                .arg("--out")
+                .arg(out)
+                .arg("--rootfs")
+                .arg(tree)
+                .arg("--kernel")
+                .arg(&inp.kernel)
+                .args(["--init", "/bin/true", "--modules-dir"])
+                .arg(&modules)
+                .args(["--module", "a", "--device-timeout-ms", "5000"])
+                .arg("--initramfs-file")
+                .arg(format!("{}:/etc/motd:0640", extra.display()))
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let (one, two) = (work.path().join("one"), work.path().join("two"));
+    build_init(&inp.tree_a, &one);
+    build_init(&inp.tree_b, &two);
+    assert_eq!(
+        digests(&one),
+        digests(&two),
+        "two builds with --init differ"
+    );
+
+    let initrd = one.join("rootfs.cpio.gz");
+    let listing = run_ok(
+        tool("sh")
+            .arg("-c")
+            .arg(format!("zcat '{}' | cpio -t --quiet", initrd.display())),
+    );
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    for entry in [
+        "init",
+        "etc/motd",
+        "dev/console",
+        "lib/modules/1.2.3-test/kernel/a.ko",
+        "lib/modules/1.2.3-test/kernel/sub/b-mod.ko",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "lib64/ld-linux-x86-64.so.2",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == entry),
+            "{entry} not in\n{listing}"
+        );
+    }
+    assert_eq!(
+        String::from_utf8(cpio_file(&initrd, "etc/cocos-init.toml")).unwrap(),
+        "# Written by cocos-imgbuild initramfs.\n\
+         # Kernel modules to load with finit_module, in this order (paths in the initramfs).\n\
+         modules = [\n  \"/lib/modules/1.2.3-test/kernel/sub/b-mod.ko\",\n  \
+         \"/lib/modules/1.2.3-test/kernel/a.ko\",\n]\n\
+         # How long to wait for the disk partitions to appear.\n\
+         device_timeout_ms = 5000\n"
+    );
+    assert_eq!(cpio_file(&initrd, "etc/motd"), b"hello\n");
+    assert!(cpio_file(&initrd, "init") == fs::read("/bin/true").unwrap());
+
+    // The ESP boots the same archive.
+    let disk = one.join("disk.img");
+    let p1 = work.path().join("p1");
+    extract(&disk, partition(&disk, 1), &p1);
+    let esp_initrd = run_ok(
+        tool("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&p1)
+            .arg("::/initrd.cpio.gz"),
+    );
+    assert!(esp_initrd.stdout == fs::read(&initrd).unwrap());
+
+    // The manifest records the init program and what the archive holds.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(one.join("manifest.json")).unwrap()).unwrap();
+    let roles: Vec<&str> = manifest["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["kernel", "init", "initramfs-file:/etc/motd"]);
+    assert_eq!(
+        manifest["initramfs"]["modules"],
+        serde_json::json!([
+            "/lib/modules/1.2.3-test/kernel/sub/b-mod.ko",
+            "/lib/modules/1.2.3-test/kernel/a.ko"
+        ])
+    );
+
+    // image.toml: the same inputs as keys, paths relative to the file.
+    let desc = work.path().join("desc");
+    fs::create_dir(&desc).unwrap();
+    run_ok(
+        tool("cp")
+            .arg("-a")
+            .arg(work.path().join("lib"))
+            .arg(&inp.tree_a)
+            .arg(&inp.kernel)
+            .arg(&extra)
+            .arg(&desc),
+    );
+    fs::copy("/bin/true", desc.join("init")).unwrap();
+    let config = desc.join("image.toml");
+    fs::write(
+        &config,
+        format!(
+            "out = \"built\"\nrootfs = \"a\"\nkernel = \"bzImage\"\ninit = \"init\"\n\
+             modules-dir = \"lib/modules/1.2.3-test\"\nmodules = [\"a\"]\n\
+             initramfs-file = [\"motd:/etc/motd:0640\"]\ndevice-timeout-ms = 5000\n\
+             cmdline = \"console=ttyS0\"\ncocos-size = \"1G\"\nseed = \"{SEED}\"\n\
+             root-owned = true\n"
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args(["build", "--config"])
+            .arg(&config)
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    assert_eq!(digests(&desc.join("built")), digests(&one));
+
+    // --initramfs and --init: one of them, not both, and the generation
+    // options only with --init.
+    let kernel = inp.kernel.to_str().unwrap();
+    let initrd_in = inp.initrd.to_str().unwrap();
+    let tree = inp.tree_a.to_str().unwrap();
+    let out = work.path().join("bad");
+    let out = out.to_str().unwrap();
+    for (extra, needle) in [
+        (
+            vec!["--initramfs", initrd_in, "--init", "/bin/true"],
+            "not both",
+        ),
+        (vec![], "--init FILE (to generate one) is required"),
+        (
+            vec!["--initramfs", initrd_in, "--module", "a"],
+            "only apply with --init",
+        ),
+        (
+            vec![
+                "--init",
+                "/bin/true",
+                "--modules-dir",
+                "/nonexistent",
+                "--module",
+                "a",
+            ],
+            "/nonexistent",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args(["build", "--out", out, "--rootfs", tree, "--kernel", kernel])
+            .args(&extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+        assert!(!work.path().join("bad/disk.img").exists());
+    }
+    // A prebuilt initramfs from image.toml and a module flag: refused,
+    // not silently ignored.
+    fs::write(&config, format!("initramfs = \"{initrd_in}\"\n")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        .args(["build", "--out", out, "--rootfs", tree, "--kernel", kernel])
+        .arg("--config")
+        .arg(&config)
+        .args(["--module", "a"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("only apply with --init"), "{stderr}");
+}
