@@ -33,10 +33,10 @@ trap 'rm -rf "$work"' EXIT
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,etc/certs,etc/cocos,proc,sys,dev,run,tmp,var,cocos,cocos_init}
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh cat echo mount umount poweroff sleep ls; do ln -s busybox "$root/bin/$applet"; done
+for applet in sh cat echo mount umount poweroff sleep ls cut; do ln -s busybox "$root/bin/$applet"; done
 cat >"$root/sbin/init" <<'INIT'
 #!/bin/sh
-echo "COCOS_ROOT_READY $(cat /proc/cmdline)"
+echo "COCOS_ROOT_READY uptime=$(cut -d' ' -f1 /proc/uptime) $(cat /proc/cmdline)"
 echo "--- /proc/mounts"
 cat /proc/mounts
 echo "--- /etc/fstab"

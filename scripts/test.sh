@@ -4,13 +4,15 @@
 # Installs what it needs; a missing reference tool fails the run.
 #
 #   scripts/test.sh                 everything
-#   FUZZ_SECONDS=0 scripts/test.sh  skip the fuzzing run
+#   FUZZ_SECONDS=0 scripts/test.sh  skip the fuzzing run (default: 30 s per target)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
 # sev-snp-measure (PyPI), the reference of the SNP launch-digest tests.
 scripts/setup-python-refs.sh
+# Debian's kernel package, unpacked (not installed): the initramfs and boot tests.
+scripts/fetch-boot-deps.sh >/dev/null
 # A Debian minbase tree for the e2fsck test on a real distribution tree.
 COCOS_MINBASE="$(scripts/minbase-tree.sh)"
 export COCOS_MINBASE
@@ -19,7 +21,13 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
-fuzz_seconds="${FUZZ_SECONDS:-60}"
+# End to end: build the development image (cocos-init, its initramfs, a
+# busybox root) and boot it under QEMU, plain and attacked.
+e2e_dir="$PWD/target/e2e-image"
+PROFILE=dev scripts/dev-image.sh "$e2e_dir" >/dev/null
+COCOS_E2E_DIR="$e2e_dir" cargo test --locked -p cocos-e2e -- --ignored --test-threads=1
+
+fuzz_seconds="${FUZZ_SECONDS:-30}"
 if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
   # cargo fuzz needs nightly flags (-Zsanitizer); the stable toolchain

@@ -1,0 +1,191 @@
+//! `/etc/cocos-init.toml`: what the initramfs builder tells the init.
+//!
+//! Written by `cocos-imgbuild initramfs`:
+//!
+//! ```toml
+//! # Written by cocos-imgbuild initramfs.
+//! modules = [
+//!   "/lib/modules/6.1.0-56-amd64/kernel/drivers/virtio/virtio.ko",
+//! ]
+//! device_timeout_ms = 10000
+//! ```
+//!
+//! `modules` are loaded in the order given (the builder resolved the
+//! dependencies from `modules.dep`); `device_timeout_ms` bounds the wait
+//! for the partitions. A missing file means no modules and the default
+//! timeout. Unknown keys are errors: the builder and the init come from the
+//! same workspace, and a misspelt key silently ignored would be a boot that
+//! does not do what its image says.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Where the builder puts the file in the initramfs.
+pub const CONFIG_PATH: &str = "/etc/cocos-init.toml";
+
+/// Default of [`InitConfig::device_timeout_ms`].
+pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10_000;
+
+/// The init's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// Kernel modules to load, in this order (absolute paths).
+    #[serde(default)]
+    pub modules: Vec<PathBuf>,
+    /// How long to wait for the partitions, in milliseconds.
+    #[serde(default = "default_timeout")]
+    pub device_timeout_ms: u64,
+}
+
+fn default_timeout() -> u64 {
+    DEFAULT_DEVICE_TIMEOUT_MS
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig {
+            modules: Vec::new(),
+            device_timeout_ms: DEFAULT_DEVICE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("{}: cannot read", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Not valid TOML, or not our keys.
+    #[error("{}: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, on one line.
+        message: String,
+    },
+    /// A module path that is not absolute.
+    #[error("{}: module {module:?} is not an absolute path", path.display())]
+    RelativeModule {
+        /// The file.
+        path: PathBuf,
+        /// The module path.
+        module: PathBuf,
+    },
+}
+
+impl InitConfig {
+    /// Parses the file's text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: InitConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            // toml's messages span several lines (a source excerpt); the
+            // FATAL line is one line.
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        if let Some(m) = config.modules.iter().find(|m| !m.is_absolute()) {
+            return Err(ConfigError::RelativeModule {
+                path: path.to_path_buf(),
+                module: m.clone(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<InitConfig, ConfigError> {
+        InitConfig::parse(text, Path::new(CONFIG_PATH))
+    }
+
+    #[test]
+    fn the_builders_file_is_read() {
+        // Exactly what cocos-imgbuild initramfs writes (issue 4).
+        let text = "# Written by cocos-imgbuild initramfs.\nmodules = [\n  \"/lib/modules/6.1.0-56-amd64/kernel/drivers/virtio/virtio.ko\",\n]\ndevice_timeout_ms = 10000\n";
+        let c = parse(text).unwrap();
+        assert_eq!(
+            c.modules,
+            [PathBuf::from(
+                "/lib/modules/6.1.0-56-amd64/kernel/drivers/virtio/virtio.ko"
+            )]
+        );
+        assert_eq!(c.device_timeout_ms, 10_000);
+    }
+
+    #[test]
+    fn order_of_modules_is_kept() {
+        let c = parse("modules = [\"/m/b.ko\", \"/m/a.ko\", \"/m/c.ko\"]").unwrap();
+        assert_eq!(
+            c.modules,
+            ["/m/b.ko", "/m/a.ko", "/m/c.ko"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn missing_keys_take_defaults() {
+        assert_eq!(parse("").unwrap(), InitConfig::default());
+        assert_eq!(
+            parse("device_timeout_ms = 5").unwrap().modules,
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            parse("modules = []").unwrap().device_timeout_ms,
+            DEFAULT_DEVICE_TIMEOUT_MS
+        );
+    }
+
+    #[test]
+    fn a_missing_file_gives_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = InitConfig::load(&dir.path().join("cocos-init.toml")).unwrap();
+        assert_eq!(c, InitConfig::default());
+        assert_eq!(c.device_timeout_ms, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors_on_one_line() {
+        for bad in [
+            "module = []",
+            "modules = \"/a.ko\"",
+            "device_timeout_ms = -1",
+            "device_timeout_ms = \"10s\"",
+            "modules = [",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::Syntax { .. }), "{bad}: {e:?}");
+            let text = e.to_string();
+            assert!(text.starts_with("/etc/cocos-init.toml: "), "{text}");
+            assert!(!text.contains('\n'), "{text}");
+        }
+    }
+
+    #[test]
+    fn relative_module_paths_are_rejected() {
+        let e = parse("modules = [\"kernel/virtio.ko\"]").unwrap_err();
+        assert!(matches!(e, ConfigError::RelativeModule { .. }), "{e:?}");
+    }
+}
