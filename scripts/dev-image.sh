@@ -9,7 +9,9 @@
 #
 # Environment: COCOS_SIZE (cocos partition, default 256M), CMDLINE (extra
 # kernel options, default console=ttyS0), PROFILE (cargo profile of the
-# tools, default release), SOURCE_DATE_EPOCH (default 1700000000), SEED.
+# tools, default release), SOURCE_DATE_EPOCH (default 1700000000), SEED,
+# INIT (another /init, e.g. the shell init of the boot benchmark) and
+# INITRAMFS_FILES (more SRC:DEST entries for the initramfs, space separated).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,16 +59,18 @@ modules="virtio_pci virtio_scsi sd_mod crc32c_generic ext4 dm-mod dm-verity dm-i
   gcm ghash-generic ctr ecb xts af_alg algif_aead configfs 9p 9pnet_virtio"
 module_args=()
 for m in $modules; do module_args+=(--module "$m"); done
+file_args=(--initramfs-file /bin/busybox:/bin/sh)
+for f in ${INITRAMFS_FILES:-}; do file_args+=(--initramfs-file "$f"); done
 
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1700000000}" "$bin_dir/cocos-imgbuild" build \
   --out "$out" \
   --rootfs "$root" \
   --root-owned \
   --kernel "$vmlinuz" \
-  --init "$bin_dir/cocos-init" \
+  --init "${INIT:-$bin_dir/cocos-init}" \
   --modules-dir "$kernel_root/lib/modules/$version" \
   "${module_args[@]}" \
-  --initramfs-file /bin/busybox:/bin/sh \
+  "${file_args[@]}" \
   --cmdline "${CMDLINE:-console=ttyS0}" \
   --cocos-size "${COCOS_SIZE:-256M}" \
   --seed "${SEED:-00000000-0000-4000-8000-00000000c0c0}"

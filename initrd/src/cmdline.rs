@@ -396,4 +396,24 @@ mod tests {
             })
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_line_never_panics_and_finds_a_given_hash(
+            noise in "[ -~\t\n]{0,200}",
+            hash in "[0-9a-f]{64}",
+        ) {
+            let _ = parse(&noise);
+            let _ = debug_requested(&noise);
+            // A well-formed roothash= word before arbitrary words that
+            // are not ours (no `--`, no quotes, no parameter of ours).
+            let tail: String = noise
+                .split_whitespace()
+                .filter(|w| !w.contains('"') && *w != "--" && !w.starts_with("roothash") && !w.starts_with("cocos."))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let p = parse(&format!("roothash={hash} {tail}")).unwrap();
+            proptest::prop_assert_eq!(p.root_hash_hex, hash);
+        }
+    }
 }

@@ -363,4 +363,25 @@ tmpfs /dev/shm tmpfs nosuid,nodev 0 0\n";
             );
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_gets_exactly_one_of_each_entry_and_is_stable(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[ -~]{0,40}",
+                    "(certs_share|env_share|/dev/mapper/root_verity|/dev/sda2|#x) (/|/etc/certs|/etc/cocos|/mnt)/? (9p|ext4|tmpfs) (ro|rw|trans=virtio|defaults)(,[a-z=0-9.]{1,8})?( 0 0)?",
+                ],
+                0..8,
+            )
+        ) {
+            let input = lines.join("\n");
+            let once = rewrite_fstab(&input);
+            proptest::prop_assert_eq!(rewrite_fstab(&once), once.clone());
+            let e = entries(&once);
+            proptest::prop_assert_eq!(e.iter().filter(|f| normalize(f[1]) == "/").count(), 1);
+            proptest::prop_assert_eq!(e.iter().filter(|f| f[0] == "certs_share" || normalize(f[1]) == "/etc/certs").count(), 1);
+            proptest::prop_assert_eq!(e.iter().filter(|f| f[0] == "env_share" || normalize(f[1]) == "/etc/cocos").count(), 1);
+        }
+    }
 }
