@@ -399,6 +399,7 @@ pub fn ext4_options(
         size,
         label: "root".into(),
         min_inodes: None,
+        lazy_inode_tables: false,
     }
 }
 

@@ -125,6 +125,7 @@ pub fn cocos_options(device_size: u64, now: i64, uuid: Uuid, hash_seed: Uuid) ->
         size: Some(size),
         label: "cocos".to_owned(),
         min_inodes: Some((size / BYTES_PER_INODE).min(MAX_INODES)),
+        lazy_inode_tables: true,
     }
 }
 

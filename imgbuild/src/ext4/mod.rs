@@ -18,6 +18,7 @@
 //!     size: None,
 //!     label: "root".into(),
 //!     min_inodes: None,
+//!     lazy_inode_tables: false,
 //! };
 //! let plan = Ext4Plan::new(&tree, options)?;
 //! let file = std::fs::File::create("rootfs.ext4")?;

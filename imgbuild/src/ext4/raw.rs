@@ -32,6 +32,16 @@ pub const RO_COMPAT_SPARSE_SUPER: u32 = 0x0001;
 pub const RO_COMPAT_LARGE_FILE: u32 = 0x0002;
 /// `s_feature_ro_compat`: directories may have more than 65000 subdirectories.
 pub const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
+/// `uninit_bg`: group descriptors carry a checksum, unused-inode counts
+/// and the uninit flags, so unused parts of inode tables need not be
+/// written.
+pub const RO_COMPAT_GDT_CSUM: u32 = 0x0010;
+/// Group flag: the inode bitmap and table are not initialised.
+pub const BG_INODE_UNINIT: u16 = 0x0001;
+/// Group flag: the block bitmap is not initialised.
+pub const BG_BLOCK_UNINIT: u16 = 0x0002;
+/// Group flag: the inode table is zeroed.
+pub const BG_INODE_ZEROED: u16 = 0x0004;
 /// `s_feature_ro_compat`: inodes have `i_extra_isize` bytes of extra fields.
 pub const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
 
@@ -213,10 +223,21 @@ pub struct GroupDesc {
     pub bg_free_inodes_count: U16,
     /// Directories in the group.
     pub bg_used_dirs_count: U16,
-    /// Flags (uninit bits, unused here).
+    /// Flags: [`BG_INODE_UNINIT`], [`BG_BLOCK_UNINIT`], [`BG_INODE_ZEROED`]
+    /// (only with [`RO_COMPAT_GDT_CSUM`]).
     pub bg_flags: U16,
-    /// Snapshot exclusion bitmap, checksums, unused inode count, checksum.
-    pub bg_reserved: [u8; 12],
+    /// Snapshot exclusion bitmap (unused).
+    pub bg_exclude_bitmap_lo: U32,
+    /// Block bitmap checksum (metadata_csum only; unused).
+    pub bg_block_bitmap_csum_lo: U16,
+    /// Inode bitmap checksum (metadata_csum only; unused).
+    pub bg_inode_bitmap_csum_lo: U16,
+    /// Inodes at the end of the group's table never used: the kernel
+    /// neither reads nor needs them initialised ([`RO_COMPAT_GDT_CSUM`]).
+    pub bg_itable_unused_lo: U16,
+    /// CRC-16 of the filesystem UUID, the group number and this descriptor
+    /// up to this field ([`RO_COMPAT_GDT_CSUM`]).
+    pub bg_checksum: U16,
 }
 
 const _: () = assert!(size_of::<GroupDesc>() == 32);

@@ -71,6 +71,25 @@ pub struct Ext4Options {
     /// At least this many inodes (for a filesystem that will be written
     /// to, such as `/cocos`); by default just those the tree needs.
     pub min_inodes: Option<u64>,
+    /// Write only the inode table blocks that hold used inodes, and mark
+    /// the rest unused (`uninit_bg`): the kernel never reads them. For a
+    /// large empty filesystem on a device where writing is slow (the
+    /// `/cocos` partition under dm-integrity). Off for images, whose unused
+    /// blocks are zeros anyway.
+    pub lazy_inode_tables: bool,
+}
+
+/// The `uninit_bg` descriptor checksum (the kernel's `ext4_group_desc_csum`
+/// without metadata_csum): CRC-16 (poly 0x8005 reflected, initial 0xFFFF,
+/// i.e. CRC-16/MODBUS) over the UUID, the little-endian group number and the
+/// 32-byte descriptor up to `bg_checksum`.
+fn group_desc_checksum(uuid: &Uuid, group: u64, desc: &GroupDesc) -> u16 {
+    const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS);
+    let mut digest = CRC16.digest();
+    digest.update(uuid.as_bytes());
+    digest.update(&(group as u32).to_le_bytes());
+    digest.update(&desc.as_bytes()[..0x1e]);
+    digest.finalize()
 }
 
 fn min_inodes(options: &Ext4Options) -> u64 {
@@ -485,10 +504,28 @@ impl Ext4Plan {
             Ok(())
         })?;
 
-        // Inode tables.
+        let max_ino = self
+            .inodes
+            .last()
+            .map_or(FIRST_INO, |i| i.ino)
+            .max(FIRST_INO) as u64;
+        // Inode tables (with lazy tables: the blocks holding used inodes;
+        // the used inodes are 1..=max_ino).
         let per_group = (g.inodes_per_group * INODE_SIZE) as usize;
+        let lazy = self.options.lazy_inode_tables;
+        let used_in = |grp: u64| -> u64 {
+            let first = grp * g.inodes_per_group + 1;
+            (max_ino + 1).saturating_sub(first).min(g.inodes_per_group)
+        };
         for (grp, &start) in inode_tables.iter().enumerate() {
-            out.put(start, &table[grp * per_group..(grp + 1) * per_group])?;
+            let len = if lazy {
+                (used_in(grp as u64) * INODE_SIZE).next_multiple_of(BLOCK_SIZE) as usize
+            } else {
+                per_group
+            };
+            if len > 0 {
+                out.put(start, &table[grp * per_group..grp * per_group + len])?;
+            }
         }
         // Every block in use: superblock copies, the metadata just placed
         // and everything allocated (all below the allocator's cursor apart
@@ -502,11 +539,12 @@ impl Ext4Plan {
         for &b in block_bitmaps.iter().chain(&inode_bitmaps) {
             set_bit(&mut used, b);
         }
-        let max_ino = self
-            .inodes
-            .last()
-            .map_or(FIRST_INO, |i| i.ino)
-            .max(FIRST_INO) as u64;
+        // Whole inode tables, also the blocks lazy tables leave unwritten.
+        for &start in &inode_tables {
+            for b in start..start + g.itable_blocks {
+                set_bit(&mut used, b);
+            }
+        }
 
         let mut descs = Vec::with_capacity(g.groups as usize);
         let mut free_blocks_total = 0u64;
@@ -543,6 +581,12 @@ impl Ext4Plan {
             d.bg_free_blocks_count = U16::new(free as u16);
             d.bg_free_inodes_count = U16::new(free_inodes as u16);
             d.bg_used_dirs_count = U16::new(dirs_in_group[grp as usize]);
+            if lazy {
+                let used = used_in(grp);
+                d.bg_itable_unused_lo = U16::new((g.inodes_per_group - used) as u16);
+                d.bg_flags = U16::new(if used == 0 { BG_INODE_UNINIT } else { 0 });
+                d.bg_checksum = U16::new(group_desc_checksum(&self.options.uuid, grp, &d));
+            }
             descs.extend_from_slice(d.as_bytes());
         }
         descs.resize((g.gdt_blocks * BLOCK_SIZE) as usize, 0);
@@ -599,11 +643,17 @@ impl Ext4Plan {
         sb.s_inode_size = U16::new(INODE_SIZE as u16);
         sb.s_feature_compat = U32::new(COMPAT_EXT_ATTR | COMPAT_DIR_INDEX);
         sb.s_feature_incompat = U32::new(INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG);
+        let gdt_csum = if self.options.lazy_inode_tables {
+            RO_COMPAT_GDT_CSUM
+        } else {
+            0
+        };
         sb.s_feature_ro_compat = U32::new(
             RO_COMPAT_SPARSE_SUPER
                 | RO_COMPAT_LARGE_FILE
                 | RO_COMPAT_DIR_NLINK
-                | RO_COMPAT_EXTRA_ISIZE,
+                | RO_COMPAT_EXTRA_ISIZE
+                | gdt_csum,
         );
         sb.s_uuid = *self.options.uuid.as_bytes();
         let label = self.options.label.as_bytes();
