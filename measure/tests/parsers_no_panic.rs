@@ -126,3 +126,18 @@ fn every_vector_igvm_file_measures_or_errors_without_panic() {
     }
     assert!(n >= 10, "only {n} IGVM files in {}", dir.display());
 }
+
+/// Found by the igvm_measure fuzz target: variable headers whose offset
+/// plus size overflows made the igvm crate panic (add overflow with
+/// overflow checks, a slice out of bounds without). They are refused first.
+#[test]
+fn variable_headers_past_the_file_are_refused() {
+    let crash: &[u8] = &[
+        73, 71, 86, 77, 1, 0, 0, 0, 5, 0, 0, 0, 255, 255, 255, 255, 25, 0, 0, 0, 0, 0, 0, 173, 173,
+    ];
+    let err = cocos_measure::igvm::IgvmImage::parse(crash).unwrap_err();
+    assert!(
+        err.to_string().contains("do not fit in the 25-byte file"),
+        "{err}"
+    );
+}

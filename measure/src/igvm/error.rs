@@ -10,6 +10,21 @@ pub enum IgvmError {
     /// The igvm crate rejects the file.
     #[error("not a valid IGVM file: {0}")]
     Parse(#[source] igvm::Error),
+    /// The fixed header places the variable headers outside the file (the
+    /// igvm crate 0.5.0 overflows or panics on such files instead of
+    /// rejecting them, so they are refused before it sees them).
+    #[error(
+        "not a valid IGVM file: variable headers at offset {offset} with {size} bytes do not fit \
+         in the {len}-byte file"
+    )]
+    VariableHeadersOutside {
+        /// `variable_header_offset` of the fixed header.
+        offset: u32,
+        /// `variable_header_size` of the fixed header.
+        size: u32,
+        /// File length.
+        len: usize,
+    },
     /// The file has no platform header for the platform asked for.
     #[error("the file has no {} platform header", .0.name())]
     NoPlatform(Platform),

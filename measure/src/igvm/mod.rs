@@ -94,6 +94,26 @@ pub struct IgvmIdBlock {
 impl IgvmImage {
     /// Parses and validates an IGVM file (revision 1 or 2).
     pub fn parse(bytes: &[u8]) -> Result<Self, IgvmError> {
+        // IGVM_FIXED_HEADER: variable_header_offset at byte 8 and
+        // variable_header_size at byte 12 (little-endian u32). The igvm
+        // crate adds them unchecked (an overflow panic with overflow checks,
+        // a slice panic without), so check that they fit first.
+        let le32 = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        if let (Some(offset), Some(size)) = (le32(8), le32(12)) {
+            let fits = u64::from(offset) + u64::from(size) <= bytes.len() as u64;
+            if !fits {
+                return Err(IgvmError::VariableHeadersOutside {
+                    offset,
+                    size,
+                    len: bytes.len(),
+                });
+            }
+        }
         let file = IgvmFile::new_from_binary(bytes, None).map_err(IgvmError::Parse)?;
         Ok(IgvmImage { file })
     }
