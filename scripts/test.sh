@@ -55,7 +55,7 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   tar --sparse --format=gnu -cf "$seed_dir/gnu-seed" -C "$seed_tree" .
   tar --sparse --format=posix -cf "$seed_dir/pax-seed" -C "$seed_tree" .
   rm -rf "$seed_tree"
-  for crate in measure imgbuild; do
+  for crate in measure imgbuild initrd; do
     for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
       echo "fuzzing $crate/$target for ${fuzz_seconds}s"
       (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \

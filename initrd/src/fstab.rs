@@ -141,6 +141,9 @@ pub fn rewrite_fstab(existing: &str) -> String {
     let mut placed = [false; REQUIRED.len()];
     let mut first_entry: Option<usize> = None;
     for line in existing.lines() {
+        // `lines` drops "\r\n" but keeps a lone trailing "\r": drop it too,
+        // so the output (LF endings) reads back the same (found by fuzzing).
+        let line = line.trim_end_matches('\r');
         let Some(entry) = parse_entry(line) else {
             lines.push(line);
             continue;
@@ -190,6 +193,22 @@ mod tests {
 # 9P virtio shares \u{2014} provided by the hypervisor, optional (nofail)\n\
 certs_share  /etc/certs   9p  trans=virtio,version=9p2000.L,cache=mmap,nofail  0 0\n\
 env_share    /etc/cocos   9p  trans=virtio,version=9p2000.L,cache=mmap,nofail  0 0\n";
+
+    /// Found by the boot_inputs fuzz target: a lone "\r" line became
+    /// "\r\n" in the output, which reads back as an empty line.
+    #[test]
+    fn carriage_returns_do_not_break_idempotence() {
+        for input in [
+            "\r",
+            "a\r",
+            "\r\r\r\n",
+            "proc /proc proc defaults 0 0\r\n\r",
+        ] {
+            let once = rewrite_fstab(input);
+            assert_eq!(rewrite_fstab(&once), once, "{input:?}");
+            assert!(!once.contains('\r'), "{once:?}");
+        }
+    }
 
     /// The entries as fields, for comparisons that ignore spacing.
     fn entries(text: &str) -> Vec<Vec<&str>> {

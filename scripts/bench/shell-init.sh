@@ -1,7 +1,8 @@
 #!/bin/sh
 # The seed's shell init (the pipeline cocos-init replaces), for the boot
 # benchmark only: the same steps with Debian's veritysetup, cryptsetup
-# (its defaults: Argon2 keyslot, full integrity wipe) and mke2fs.
+# (its defaults: Argon2 keyslot, full integrity wipe) and mke2fs. Full
+# paths: busybox sh runs its own applets first, and it has an mke2fs.
 export PATH=/sbin:/bin
 bb=/bin/busybox
 fail() { echo "shell-init: FATAL: $*"; $bb sync; $bb poweroff -f; }
@@ -24,14 +25,14 @@ while [ ! -b /dev/sda4 ]; do
   $bb sleep 0.1
 done
 
-veritysetup open /dev/sda2 root_verity /dev/sda3 "$roothash" || fail "veritysetup"
+/sbin/veritysetup open /dev/sda2 root_verity /dev/sda3 "$roothash" || fail "veritysetup"
 $bb mount -o ro /dev/mapper/root_verity /root || fail "mount root"
 
 $bb head -c 64 /dev/urandom >/tmp/cocos.key
-cryptsetup luksFormat --batch-mode --type luks2 --cipher aes-gcm-random --integrity aead \
+/sbin/cryptsetup luksFormat --batch-mode --type luks2 --cipher aes-gcm-random --integrity aead \
   --key-file /tmp/cocos.key /dev/sda4 || fail "luksFormat"
-cryptsetup open --key-file /tmp/cocos.key /dev/sda4 cocos_crypt || fail "luksOpen"
-mke2fs -q -t ext4 /dev/mapper/cocos_crypt || fail "mke2fs"
+/sbin/cryptsetup open --key-file /tmp/cocos.key /dev/sda4 cocos_crypt || fail "luksOpen"
+/sbin/mke2fs -q -t ext4 /dev/mapper/cocos_crypt || fail "mke2fs"
 $bb mount /dev/mapper/cocos_crypt /root/cocos || fail "mount cocos"
 $bb mkdir -p /root/cocos/.cache/oci /root/cocos/datasets /root/cocos/docker /root/cocos/cocos_init
 
