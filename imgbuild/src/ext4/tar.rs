@@ -326,7 +326,7 @@ impl Reader<'_> {
         let size = sparse
             .realsize
             .ok_or_else(|| bad("no GNU.sparse.realsize"))?;
-        let (map, mut data) = if sparse.major == Some(1) {
+        let (map, data) = if sparse.major == Some(1) {
             // Read lines until the count and its pairs are in.
             let mut numbers = Vec::new();
             let mut digits: Option<u64> = None;
@@ -376,29 +376,8 @@ impl Reader<'_> {
         if map.len() % 2 != 0 {
             return Err(bad("odd number of map entries"));
         }
-        let data_end = data_start + stored;
-        let mut chunks: Vec<Chunk> = Vec::with_capacity(map.len() / 2);
-        let mut end = 0u64;
-        for pair in map.chunks_exact(2) {
-            let (logical, len) = (pair[0], pair[1]);
-            let chunk_end = logical.checked_add(len).ok_or_else(|| bad("overflow"))?;
-            if logical < end || chunk_end > size {
-                return Err(bad("chunks overlap or pass the end of the file"));
-            }
-            end = chunk_end;
-            if len > 0 {
-                if data + len > data_end {
-                    return Err(bad("chunks hold more data than the member"));
-                }
-                chunks.push(Chunk {
-                    logical,
-                    blob: ARCHIVE_BLOB,
-                    offset: data,
-                    len,
-                });
-                data += len;
-            }
-        }
+        let pairs: Vec<(u64, u64)> = map.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        let chunks = map_chunks(&pairs, size, data, data_start + stored).map_err(bad)?;
         Ok((size, chunks))
     }
 
@@ -442,24 +421,8 @@ impl Reader<'_> {
             data += 512;
         }
         let size = gnu.real_size().map_err(|_| bad("real size"))?;
-        let mut chunks: Vec<Chunk> = Vec::with_capacity(map.len());
-        let mut end = 0u64;
-        for (logical, len) in map {
-            let chunk_end = logical.checked_add(len).ok_or_else(|| bad("overflow"))?;
-            if logical < end || chunk_end > size {
-                return Err(bad("chunks overlap or pass the end of the file"));
-            }
-            end = chunk_end;
-            if len > 0 {
-                chunks.push(Chunk {
-                    logical,
-                    blob: ARCHIVE_BLOB,
-                    offset: data,
-                    len,
-                });
-                data += len;
-            }
-        }
+        // The data's end is checked against the archive's length later.
+        let chunks = map_chunks(&map, size, data, u64::MAX).map_err(bad)?;
         Ok((size, chunks))
     }
 
@@ -635,6 +598,39 @@ impl Build<'_> {
         self.nodes[id].kind = NodeKind::Dir { children: kids };
         Ok(id)
     }
+}
+
+/// Lays a sparse map (`(offset in the file, length)` pairs, in order) out
+/// as chunks whose data lies back to back from `data` in the archive, and
+/// checks it: no overlaps, nothing past the file's `size` or `data_end`.
+fn map_chunks(
+    map: &[(u64, u64)],
+    size: u64,
+    mut data: u64,
+    data_end: u64,
+) -> Result<Vec<Chunk>, &'static str> {
+    let mut chunks: Vec<Chunk> = Vec::with_capacity(map.len());
+    let mut end = 0u64;
+    for &(logical, len) in map {
+        let chunk_end = logical.checked_add(len).ok_or("overflow")?;
+        if logical < end || chunk_end > size {
+            return Err("chunks overlap or pass the end of the file");
+        }
+        end = chunk_end;
+        if len > 0 {
+            if data.saturating_add(len) > data_end {
+                return Err("chunks hold more data than the member");
+            }
+            chunks.push(Chunk {
+                logical,
+                blob: ARCHIVE_BLOB,
+                offset: data,
+                len,
+            });
+            data += len;
+        }
+    }
+    Ok(chunks)
 }
 
 fn implicit_dir() -> Member {
