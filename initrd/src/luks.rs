@@ -235,6 +235,16 @@ pub fn keyslot_pbkdf() -> CryptPbkdfType {
     }
 }
 
+/// Maps a libcryptsetup error on `device` while doing `action`.
+fn cryptsetup_err(device: &Path, action: &'static str) -> impl FnOnce(LibcryptErr) -> LuksError {
+    let device = device.to_path_buf();
+    move |source| LuksError::Cryptsetup {
+        action,
+        device,
+        source,
+    }
+}
+
 /// Formats `device` as LUKS2 with `settings` and `keys` (one keyslot, for
 /// the passphrase), without wiping the integrity tags.
 pub fn format(
@@ -242,14 +252,7 @@ pub fn format(
     settings: &LuksSettings,
     keys: &EphemeralKeys,
 ) -> Result<(), LuksError> {
-    let err = |action| {
-        let device = device.to_path_buf();
-        move |source| LuksError::Cryptsetup {
-            action,
-            device,
-            source,
-        }
-    };
+    let err = |action| cryptsetup_err(device, action);
     let mut cd = CryptInit::init(device).map_err(err("open"))?;
     let keyslots = KeyslotsSize::try_from(KEYSLOTS_BYTES).map_err(err("size the header of"))?;
     cd.settings_handle()
@@ -296,14 +299,7 @@ pub fn open(
     settings: &LuksSettings,
     keys: &EphemeralKeys,
 ) -> Result<(), LuksError> {
-    let err = |action| {
-        let device = device.to_path_buf();
-        move |source| LuksError::Cryptsetup {
-            action,
-            device,
-            source,
-        }
-    };
+    let err = |action| cryptsetup_err(device, action);
     let mut cd = CryptInit::init(device).map_err(err("open"))?;
     cd.context_handle()
         .load::<()>(Some(EncryptionFormat::Luks2), None)
