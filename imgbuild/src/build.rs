@@ -1,15 +1,21 @@
 //! `cocos-imgbuild build`: the pipeline as one readable sequence.
 //!
-//! 1. Scan the root tree and plan its ext4 filesystem (sizes known, nothing
+//! 1. Write the FAT ESP into partition 1 of `disk.img` on another thread,
+//!    with room reserved at its end for the files that depend on the root
+//!    hash (`grub.cfg`, and GRUB when it embeds that configuration), and
+//!    start hashing the bytes before that room.
+//! 2. Scan the root tree and plan its ext4 filesystem (sizes known, nothing
 //!    written yet); plan the partitions.
-//! 2. Write the ext4 blocks straight into partition 2 of `disk.img` and into
-//!    `rootfs.ext4`, hashing each block for dm-verity as it is written.
-//! 3. Write the verity superblock and tree into partition 3 and
+//! 3. Write the ext4 blocks straight into partition 2 of `disk.img` and into
+//!    `rootfs.ext4`, hashing each block for dm-verity as it is written (the
+//!    ESP hashing waits meanwhile); start the `rootfs.ext4` digest.
+//! 4. Write the verity superblock and tree into partition 3 and
 //!    `rootfs.verity`.
-//! 4. Put the root hash on the kernel command line, build GRUB with that
-//!    configuration embedded, and write the FAT ESP into partition 1.
-//! 5. Write the GPT, whose root and verity GUIDs come from the root hash.
-//! 6. Write `manifest.json`, then move every artifact into place.
+//! 5. Put the root hash on the kernel command line and build GRUB with that
+//!    configuration embedded.
+//! 6. Write the GPT, whose root and verity GUIDs come from the root hash.
+//! 7. Fill the ESP's reserved room, finish every digest, write
+//!    `manifest.json`, then move every artifact into place.
 //!
 //! The initramfs is either a prebuilt file or generated first (before any
 //! output is written, so a missing module fails fast) by
@@ -22,6 +28,9 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use cocos_measure::verity::{
     BlockSize, HashAlgorithm, HashAreaLayout, HashTree, HashTreeBuilder, Salt, TreeGeometry,
@@ -464,12 +473,6 @@ pub fn build(
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
     let mut staging = Staging::new(&cfg.out_dir);
 
-    // 1. Plan the root filesystem, its hash tree and the partitions.
-    let tree = SourceTree::read(&cfg.rootfs)?;
-    let ext4 = Ext4Plan::new(
-        &tree,
-        ext4_options(&seed, cfg.source_date_epoch, cfg.root_owned, cfg.root_size),
-    )?;
     let verity_params = TreeParams {
         algorithm: HashAlgorithm::Sha256,
         data_block_size: BlockSize::DEFAULT,
@@ -477,6 +480,133 @@ pub fn build(
         salt: Salt::new(seed.bytes_for("verity:salt", 32))
             .map_err(|e| BuildError::Verity(e.to_string()))?,
     };
+    let disk_guid = seed.uuid_for("gpt:disk");
+    // 1. The ESP, first and on another thread. Only grub.cfg (and a GRUB
+    // image embedding it) depends on the root hash: room of their final
+    // size is reserved at the end of the filesystem, so everything before
+    // it is written and hashed while the root filesystem is planned and
+    // built.
+    // The ESP is the first partition: its place does not depend on the
+    // others' sizes.
+    let (esp_offset, esp_size) = gpt::plan_layout(
+        disk_guid,
+        &[PartitionSpec {
+            name: "esp".into(),
+            type_guid: gpt::ESP_TYPE,
+            unique_guid: seed.uuid_for("gpt:esp"),
+            size: cfg.esp_size,
+        }],
+    )?
+    .partition("esp")
+    .map(|p| (p.offset, p.size))
+    .ok_or(BuildError::Internal("no ESP planned"))?;
+    let disk = staging.create(artifact::DISK)?;
+    // Long enough for the ESP now (so that writing it never changes the
+    // length); the full length once the root filesystem is planned.
+    disk.set_len(esp_offset + esp_size)
+        .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
+    // The workers below stop early if the build fails and returns.
+    let workers = Workers::default();
+    let esp_name = format!("{}#{}", artifact::DISK, 1);
+    let placeholder_hash = "0".repeat(2 * verity_params.algorithm.digest_size());
+    let placeholder_cfg = grub::config(&grub::kernel_cmdline(&placeholder_hash, &cfg.cmdline));
+    let grub_work = match &cfg.bootloader {
+        Bootloader::Prebuilt(_) => None,
+        Bootloader::Grub { .. } => Some(
+            tempfile::tempdir_in(&cfg.out_dir)
+                .map_err(io_err(&cfg.out_dir, "create a temporary directory in"))?,
+        ),
+    };
+    let build_grub = |config: &str| -> Result<Option<Vec<u8>>, BuildError> {
+        match (&cfg.bootloader, &grub_work) {
+            (
+                Bootloader::Grub {
+                    modules,
+                    modules_dir,
+                },
+                Some(work),
+            ) => Ok(Some(grub::mkimage(
+                config,
+                modules,
+                modules_dir,
+                work.path(),
+            )?)),
+            _ => Ok(None),
+        }
+    };
+    let initrd_source = match (&cfg.initramfs, &generated) {
+        (_, Some((bytes, _, _))) => EspSource::Bytes(bytes.clone()),
+        (InitramfsSource::File(path), None) => EspSource::File(path.clone()),
+        (InitramfsSource::Generate(_), None) => {
+            return Err(BuildError::Internal("the initramfs was not generated"));
+        }
+    };
+    let esp_spec = |bootloader: EspSource, grub_cfg: EspSource| EspSpec {
+        size: esp_size,
+        volume_id: seed.u32_for("esp:volume-id"),
+        label: "ESP".into(),
+        timestamp: cfg.source_date_epoch,
+        files: vec![
+            EspFile {
+                path: grub::BOOTLOADER_PATH.into(),
+                source: bootloader,
+            },
+            EspFile {
+                path: grub::CONFIG_PATH.into(),
+                source: grub_cfg,
+            },
+            EspFile {
+                path: grub::KERNEL_PATH.into(),
+                source: EspSource::File(cfg.kernel.clone()),
+            },
+            EspFile {
+                path: grub::INITRD_PATH.into(),
+                source: initrd_source.clone(),
+            },
+        ],
+    };
+    let placeholder_boot = build_grub(&placeholder_cfg)?;
+    let early_spec = esp_spec(
+        match (&cfg.bootloader, &placeholder_boot) {
+            (_, Some(image)) => EspSource::Reserved(image.len() as u64),
+            (Bootloader::Prebuilt(path), None) => EspSource::File(path.clone()),
+            (Bootloader::Grub { .. }, None) => {
+                return Err(BuildError::Internal("GRUB was not built"));
+            }
+        },
+        EspSource::Reserved(placeholder_cfg.len() as u64),
+    );
+    let early_esp = {
+        let file = disk
+            .try_clone()
+            .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "reopen"))?;
+        let (control, name) = (workers.control(), esp_name.clone());
+        std::thread::spawn(move || -> Result<(fat::EspReport, Sha256), BuildError> {
+            let started = std::time::Instant::now();
+            let report = fat::write_esp(&file, esp_offset, &early_spec)?;
+            let mut h = Sha256::new();
+            hash_range(
+                &mut h,
+                &file,
+                &name,
+                esp_offset,
+                report.reserved_start(),
+                &control,
+            )?;
+            tracing::debug!(
+                "ESP written and hashed up to its reserved files (on a thread): {:.0?}",
+                started.elapsed()
+            );
+            Ok((report, h))
+        })
+    };
+
+    // 2. Plan the root filesystem, its hash tree and the partitions.
+    let tree = SourceTree::read(&cfg.rootfs)?;
+    let ext4 = Ext4Plan::new(
+        &tree,
+        ext4_options(&seed, cfg.source_date_epoch, cfg.root_owned, cfg.root_size),
+    )?;
     let verity_uuid = seed.uuid_for("verity:uuid");
     let verity_geometry = TreeGeometry::new(&verity_params, ext4.blocks())
         .map_err(|e| BuildError::Verity(e.to_string()))?;
@@ -513,7 +643,6 @@ pub fn build(
     };
     // Offsets do not depend on the GUIDs; placeholders until the root hash
     // is known.
-    let disk_guid = seed.uuid_for("gpt:disk");
     let layout = gpt::plan_layout(
         disk_guid,
         &specs(
@@ -527,20 +656,24 @@ pub fn build(
             .map(|p| (p.offset, p.size))
             .ok_or_else(|| BuildError::Verity(format!("no {name} partition planned")))
     };
-    let (esp_offset, esp_size) = part("esp")?;
+    if part("esp")? != (esp_offset, esp_size) {
+        return Err(BuildError::Internal("the ESP moved"));
+    }
     let (root_offset, _) = part("root")?;
     let (verity_offset, _) = part("root-verity")?;
-
-    stage.done("plan");
-    // 2. The root filesystem, hashed as it is written.
-    let disk = staging.create(artifact::DISK)?;
     disk.set_len(layout.disk_size)
         .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
+
+    stage.done("plan");
+    // 3. The root filesystem, hashed as it is written.
     let rootfs = staging.create(artifact::ROOTFS)?;
     rootfs
         .set_len(ext4.size())
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "size"))?;
     progress_total(ext4.size());
+    // Writing and hashing the root filesystem keeps both cores busy: the
+    // ESP hashing waits meanwhile, then runs beside the rootfs.ext4 digest.
+    workers.0.set_paused(true);
     let tree_hash = write_and_hash(
         &ext4,
         &tree,
@@ -550,18 +683,23 @@ pub fn build(
             .map_err(|e| BuildError::Verity(e.to_string()))?,
         progress,
     )?;
+    workers.0.set_paused(false);
     let root_hash = tree_hash.root_hash().to_hex();
     // rootfs.ext4 is complete: digest it while the rest is built.
     let rootfs_digest = {
         let file = rootfs
             .try_clone()
             .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "reopen"))?;
-        let len = ext4.size();
-        std::thread::spawn(move || digest_range(&file, artifact::ROOTFS, 0, len))
+        let (len, control) = (ext4.size(), workers.control());
+        std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            hash_range(&mut h, &file, artifact::ROOTFS, 0, len, &control)?;
+            Ok::<_, BuildError>(finish_digest(artifact::ROOTFS, len, h))
+        })
     };
 
     stage.done("root filesystem");
-    // 3. The hash partition and rootfs.verity.
+    // 4. The hash partition and rootfs.verity.
     let verity_file = staging.create(artifact::VERITY)?;
     let verity_path = cfg.out_dir.join(artifact::VERITY);
     let mut disk_w = &disk;
@@ -578,63 +716,19 @@ pub fn build(
         .map_err(io_err(&verity_path, "write"))?;
 
     stage.done("hash tree");
-    // 4. Command line, GRUB, ESP.
+    // 5. The command line with the root hash (it goes into the ESP once
+    // the ESP thread is done).
     let cmdline = grub::kernel_cmdline(&root_hash, &cfg.cmdline);
     let grub_cfg = grub::config(&cmdline);
-    let bootloader = match &cfg.bootloader {
-        Bootloader::Prebuilt(path) => EspSource::File(path.clone()),
-        Bootloader::Grub {
-            modules,
-            modules_dir,
-        } => {
-            let work = tempfile::tempdir_in(&cfg.out_dir)
-                .map_err(io_err(&cfg.out_dir, "create a temporary directory in"))?;
-            EspSource::Bytes(grub::mkimage(&grub_cfg, modules, modules_dir, work.path())?)
-        }
-    };
-    let esp = fat::write_esp(
-        &disk,
-        esp_offset,
-        &EspSpec {
-            size: esp_size,
-            volume_id: seed.u32_for("esp:volume-id"),
-            label: "ESP".into(),
-            timestamp: cfg.source_date_epoch,
-            files: vec![
-                EspFile {
-                    path: "EFI/BOOT/BOOTX64.EFI".into(),
-                    source: bootloader,
-                },
-                EspFile {
-                    path: "EFI/BOOT/grub.cfg".into(),
-                    source: EspSource::Bytes(grub_cfg.clone().into_bytes()),
-                },
-                EspFile {
-                    path: grub::KERNEL_PATH.into(),
-                    source: EspSource::File(cfg.kernel.clone()),
-                },
-                EspFile {
-                    path: grub::INITRD_PATH.into(),
-                    source: match (&cfg.initramfs, &generated) {
-                        (_, Some((bytes, _, _))) => EspSource::Bytes(bytes.clone()),
-                        (InitramfsSource::File(path), None) => EspSource::File(path.clone()),
-                        (InitramfsSource::Generate(_), None) => {
-                            return Err(BuildError::Internal("the initramfs was not generated"));
-                        }
-                    },
-                },
-            ],
-        },
-    )?;
+    let boot = build_grub(&grub_cfg)?;
 
-    stage.done("ESP");
-    // 5. The partition table, with the GUIDs from the root hash.
+    // 6. The partition table, with the GUIDs from the root hash.
     let (root_guid, verity_guid) = gpt::verity_partition_uuids(tree_hash.root_hash().as_bytes());
     let layout = gpt::plan_layout(disk_guid, &specs(root_guid, verity_guid))?;
     gpt::write_gpt(&disk, &layout)?;
 
     stage.done("partition table");
-    // 6. Side artifacts and the manifest.
+    // 7. Side artifacts and the manifest.
     let initramfs = staging.create(artifact::INITRAMFS)?;
     match (&cfg.initramfs, &generated) {
         (_, Some((bytes, _, _))) => std::io::Write::write_all(&mut &initramfs, bytes)
@@ -655,14 +749,15 @@ pub fn build(
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
 
     stage.done("side artifacts");
-    // Digests, in parallel. Partition 2 holds exactly rootfs.ext4's bytes,
-    // so it is hashed once; the cocos partition is zeros by construction
-    // (no need to read 20 GiB of them).
+    // Digests, in parallel. Partition 1 (the ESP) is hashed already;
+    // partition 2 holds exactly rootfs.ext4's bytes, so it is hashed once;
+    // the cocos partition is zeros by construction (no need to read 20 GiB
+    // of them).
     let mut ranges: Vec<(String, &File, u64, u64)> = Vec::new();
     for p in layout
         .partitions
         .iter()
-        .filter(|p| p.name != "cocos" && p.name != "root")
+        .filter(|p| !["esp", "root", "cocos"].contains(&p.name.as_str()))
     {
         ranges.push((
             format!("{}#{}", artifact::DISK, p.number),
@@ -689,6 +784,65 @@ pub fn build(
             .map(|(name, file, offset, len)| digest_range(file, name, *offset, *len))
             .collect::<Result<Vec<_>, _>>()?
     };
+    // The ESP: fill the reserved room, hash the rest.
+    let (mut esp, mut esp_hash) = early_esp
+        .join()
+        .map_err(|_| BuildError::Internal("the ESP writer panicked"))??;
+    let same_size = grub_cfg.len() == placeholder_cfg.len()
+        && boot.as_ref().map(Vec::len) == placeholder_boot.as_ref().map(Vec::len);
+    if same_size {
+        fat::fill_reserved(
+            &disk,
+            esp_offset,
+            &mut esp,
+            grub::CONFIG_PATH,
+            grub_cfg.as_bytes(),
+        )?;
+        if let Some(image) = &boot {
+            fat::fill_reserved(&disk, esp_offset, &mut esp, grub::BOOTLOADER_PATH, image)?;
+        }
+        let start = esp.reserved_start();
+        hash_range(
+            &mut esp_hash,
+            &disk,
+            &esp_name,
+            esp_offset + start,
+            esp_size - start,
+            &workers.control(),
+        )?;
+    } else {
+        // Not expected: the placeholder has the root hash's length, and
+        // grub-mkimage's output size depends on the configuration's
+        // length only. Write the whole ESP again with the final content.
+        tracing::debug!("reserved ESP room does not fit; writing the ESP again");
+        let bootloader = match (&cfg.bootloader, boot) {
+            (_, Some(image)) => EspSource::Bytes(image),
+            (Bootloader::Prebuilt(path), None) => EspSource::File(path.clone()),
+            (Bootloader::Grub { .. }, None) => {
+                return Err(BuildError::Internal("GRUB was not built"));
+            }
+        };
+        esp = fat::write_esp(
+            &disk,
+            esp_offset,
+            &esp_spec(bootloader, EspSource::Bytes(grub_cfg.clone().into_bytes())),
+        )?;
+        esp_hash = Sha256::new();
+        hash_range(
+            &mut esp_hash,
+            &disk,
+            &esp_name,
+            esp_offset,
+            esp_size,
+            &workers.control(),
+        )?;
+    }
+    if esp.files.iter().any(|f| f.sha256.is_empty()) {
+        return Err(BuildError::Internal("a reserved ESP file was not filled"));
+    }
+    let esp_digest = finish_digest(&esp_name, esp_size, esp_hash);
+    drop(grub_work);
+    artifacts.push(esp_digest);
     artifacts.push(
         rootfs_digest
             .join()
@@ -782,8 +936,31 @@ pub fn build(
 
 /// SHA-256 of `len` bytes of `file` from `offset`.
 fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDigest, BuildError> {
-    use std::os::unix::fs::FileExt;
     let mut h = Sha256::new();
+    hash_range(&mut h, file, name, offset, len, &Control::default())?;
+    Ok(finish_digest(name, len, h))
+}
+
+/// The digest record of `size` bytes hashed into `h`.
+fn finish_digest(name: &str, size: u64, h: Sha256) -> FileDigest {
+    FileDigest {
+        path: name.to_owned(),
+        size,
+        sha256: hex::encode(h.finalize()),
+    }
+}
+
+/// Feeds `len` bytes of `file` from `offset` into `h`, checking `control`
+/// between chunks.
+fn hash_range(
+    h: &mut Sha256,
+    file: &File,
+    name: &str,
+    offset: u64,
+    len: u64,
+    control: &Control,
+) -> Result<(), BuildError> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 4 << 20];
     let zeros = vec![0u8; 1 << 20];
     let end = offset + len;
@@ -797,6 +974,7 @@ fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDi
             Err(_) => at,
         };
         while at < data {
+            control.check()?;
             let n = (data - at).min(zeros.len() as u64) as usize;
             h.update(&zeros[..n]);
             at += n as u64;
@@ -808,6 +986,7 @@ fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDi
             .map_or(end, |h| h.min(end))
             .max(at + 1);
         while at < hole {
+            control.check()?;
             let n = (hole - at).min(buf.len() as u64) as usize;
             file.read_exact_at(&mut buf[..n], at)
                 .map_err(io_err(Path::new(name), "read back"))?;
@@ -815,9 +994,55 @@ fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDi
             at += n as u64;
         }
     }
-    Ok(FileDigest {
-        path: name.to_owned(),
-        size: len,
-        sha256: hex::encode(h.finalize()),
-    })
+    Ok(())
+}
+
+/// What the build's worker threads check between chunks of work: whether
+/// to wait (the root filesystem is being written and needs both cores) or
+/// to stop (the build failed).
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    paused: Mutex<bool>,
+    resumed: Condvar,
+}
+
+impl Control {
+    /// Waits while paused; `Err` once the build has stopped.
+    fn check(&self) -> Result<(), BuildError> {
+        let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        while *paused {
+            paused = self
+                .resumed
+                .wait(paused)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(BuildError::Internal("stopped: the build failed"));
+        }
+        Ok(())
+    }
+
+    fn set_paused(&self, paused: bool) {
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = paused;
+        self.resumed.notify_all();
+    }
+}
+
+/// The build's handle on its workers' [`Control`]: dropped on every
+/// return from [`build`], it stops them (and lets paused ones go).
+#[derive(Default)]
+struct Workers(Arc<Control>);
+
+impl Workers {
+    fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+        self.0.set_paused(false);
+    }
 }

@@ -252,7 +252,17 @@ pub enum FatError {
         /// Length of the image file.
         file_len: u64,
     },
-    /// [`read_esp_file`] found no such file.
+    /// [`fill_reserved`] was given content of another size than reserved.
+    #[error("ESP file {path} has {reserved} bytes reserved; {given} bytes were given")]
+    ReservedSize {
+        /// The ESP path.
+        path: String,
+        /// The size reserved by [`EspSource::Reserved`].
+        reserved: u64,
+        /// The size of the content given.
+        given: u64,
+    },
+    /// [`read_esp_file`] or [`fill_reserved`] found no such file.
     #[error("no file {path:?} in the ESP")]
     NotFound {
         /// The path looked for.
@@ -280,6 +290,13 @@ pub enum EspSource {
     File(PathBuf),
     /// Bytes in memory (e.g. a generated `grub.cfg`).
     Bytes(Vec<u8>),
+    /// Room for this many bytes whose content is not known yet (a
+    /// `grub.cfg` that will carry the root hash): the file is written as
+    /// zeros in the filesystem's last clusters and filled in later with
+    /// [`fill_reserved`]. Every byte before
+    /// [`EspReport::reserved_start`] is final as soon as [`write_esp`]
+    /// returns, so it can be hashed while the content is still unknown.
+    Reserved(u64),
 }
 
 /// One file to put in the ESP.
@@ -340,8 +357,37 @@ pub struct EspReport {
     pub free_clusters: u32,
     /// The files, in the order written.  Directory components are spelled
     /// as stored (the first spelling in write order wins when several
-    /// differ only in case).
+    /// differ only in case). The digest of an [`EspSource::Reserved`] file
+    /// is empty until [`fill_reserved`] gives its content.
     pub files: Vec<EspEntry>,
+    /// Where the [`EspSource::Reserved`] files lie.
+    #[serde(skip)]
+    pub reserved: Vec<ReservedFile>,
+}
+
+/// The place of an [`EspSource::Reserved`] file in the filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedFile {
+    /// Its path, as in [`EspReport::files`].
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Byte offset of its first byte from the start of the filesystem;
+    /// the file occupies `[start, start + size)`.
+    pub start: u64,
+}
+
+impl EspReport {
+    /// The offset, from the start of the filesystem, of the first byte
+    /// that [`fill_reserved`] may still change ([`EspReport::size`] when
+    /// nothing is reserved). The bytes before it are final.
+    pub fn reserved_start(&self) -> u64 {
+        self.reserved
+            .iter()
+            .map(|r| r.start)
+            .min()
+            .unwrap_or(self.size)
+    }
 }
 
 /// The FAT variant of a filesystem read back.
@@ -1004,6 +1050,7 @@ fn label_bytes(label: &str) -> Result<Option<[u8; 11]>, FatError> {
 fn source_size(esp_path: &str, source: &EspSource) -> Result<u64, FatError> {
     match source {
         EspSource::Bytes(b) => Ok(b.len() as u64),
+        EspSource::Reserved(size) => Ok(*size),
         EspSource::File(p) => {
             let input = |source| FatError::Input {
                 esp_path: esp_path.to_string(),
@@ -1386,6 +1433,8 @@ fn copy_file<T: fatfs::ReadWriteSeek>(
     let mut hasher = Sha256::new();
     let mut written = 0u64;
     match f.source {
+        // Allocated after the other files, at the end (see write_esp).
+        EspSource::Reserved(_) => return Ok(String::new()),
         EspSource::Bytes(b) => {
             hasher.update(b);
             out.write_all(b).map_err(io_err(ctx()))?;
@@ -1526,9 +1575,28 @@ pub fn write_esp(file: &File, offset: u64, spec: &EspSpec) -> Result<EspReport, 
         });
     }
     drop(root);
-    let stats = fs.stats().map_err(io_err("counting free clusters"))?;
-    let label = fs.volume_label();
-    fs.unmount().map_err(io_err("unmounting the ESP"))?;
+    let reserved_files: Vec<&PlannedFile<'_>> = plan
+        .files
+        .iter()
+        .filter(|f| matches!(f.source, EspSource::Reserved(_)))
+        .collect();
+    let (stats, label, reserved) = if reserved_files.iter().all(|f| f.size == 0) {
+        let stats = fs.stats().map_err(io_err("counting free clusters"))?;
+        let label = fs.volume_label();
+        fs.unmount().map_err(io_err("unmounting the ESP"))?;
+        let reserved = reserved_files
+            .iter()
+            .map(|f| ReservedFile {
+                path: f.path(),
+                size: 0,
+                start: spec.size,
+            })
+            .collect();
+        (stats, label, reserved)
+    } else {
+        fs.unmount().map_err(io_err("unmounting the ESP"))?;
+        write_reserved(&mut slice, &g, spec.size, &reserved_files)?
+    };
     fix_directories(&mut slice, &g).map_err(io_err("fixing the '.' and '..' entries"))?;
     slice.flush().map_err(io_err("writing the ESP"))?;
 
@@ -1540,7 +1608,143 @@ pub fn write_esp(file: &File, offset: u64, spec: &EspSpec) -> Result<EspReport, 
         total_clusters: stats.total_clusters(),
         free_clusters: stats.free_clusters(),
         files,
+        reserved,
     })
+}
+
+/// Byte offset of `FSI_Nxt_Free`, the next-free-cluster hint, in the
+/// FSInfo sector (FAT spec, 'FAT32 FSInfo Sector Structure'); `fatfs` puts
+/// FSInfo in sector 1.
+const FSINFO_NEXT_FREE: u64 = SECTOR_SIZE + 492;
+
+/// Gives the [`EspSource::Reserved`] files (already created, empty, in
+/// write order) their clusters: the last ones of the filesystem, one
+/// contiguous run per file, in order. `fatfs` allocates from the FSInfo
+/// next-free hint, so the hint is pointed at the first of those clusters
+/// for one more mount, then put back. The clusters are written as zeros.
+fn write_reserved(
+    slice: &mut FileSlice<'_>,
+    g: &Geometry,
+    size: u64,
+    files: &[&PlannedFile<'_>],
+) -> Result<(fatfs::FileSystemStats, String, Vec<ReservedFile>), FatError> {
+    let ctx = "placing the reserved files at the end of the ESP";
+    let cluster = g.cluster_size();
+    let needed: u64 = files.iter().map(|f| f.size.div_ceil(cluster)).sum();
+    // Clusters are numbered from 2 (FAT spec, 'FAT Data Structure').
+    let end = g.clusters + 2;
+    let first = end
+        .checked_sub(needed)
+        .filter(|&c| c > u64::from(ROOT_CLUSTER))
+        .ok_or_else(|| io_err(ctx)(io::Error::other("more clusters reserved than exist")))?;
+    // The plan checked the space; what the other files took lies at the
+    // start, so the run must be free. Check it rather than trust it.
+    let mut fat = vec![0u8; (4 * needed) as usize];
+    read_at(
+        slice,
+        FATFS_RESERVED_SECTORS * SECTOR_SIZE + 4 * first,
+        &mut fat,
+    )
+    .map_err(io_err(ctx))?;
+    if fat.iter().any(|&b| b != 0) {
+        return Err(io_err(ctx)(io::Error::other(format!(
+            "clusters {first}..{end} are not free"
+        ))));
+    }
+    let mut hint = [0u8; 4];
+    read_at(slice, FSINFO_NEXT_FREE, &mut hint).map_err(io_err(ctx))?;
+    write_at(slice, FSINFO_NEXT_FREE, &(first as u32).to_le_bytes()).map_err(io_err(ctx))?;
+    // fatfs reads the boot sector from the current position.
+    slice.seek(SeekFrom::Start(0)).map_err(io_err(ctx))?;
+
+    let fs = fatfs::FileSystem::new(&mut *slice, fs_options())
+        .map_err(io_err("mounting the ESP again"))?;
+    let root = fs.root_dir();
+    let zeros = vec![0u8; COPY_BUF];
+    for f in files {
+        let path = f.path();
+        let mut out = root
+            .open_file(&path)
+            .map_err(io_err(format!("reserving {path} in the ESP")))?;
+        let mut left = f.size;
+        while left > 0 {
+            let n = left.min(COPY_BUF as u64) as usize;
+            out.write_all(&zeros[..n])
+                .map_err(io_err(format!("reserving {path} in the ESP")))?;
+            left -= n as u64;
+        }
+        out.flush()
+            .map_err(io_err(format!("reserving {path} in the ESP")))?;
+    }
+    drop(root);
+    let stats = fs.stats().map_err(io_err("counting free clusters"))?;
+    let label = fs.volume_label();
+    fs.unmount().map_err(io_err("unmounting the ESP"))?;
+    // The hint as it was after the other files (fatfs left it past the
+    // last cluster).
+    write_at(slice, FSINFO_NEXT_FREE, &hint).map_err(io_err(ctx))?;
+
+    // Each file must hold exactly its run of clusters.
+    let mut at = first as u32;
+    let mut reserved = Vec::with_capacity(files.len());
+    for f in files {
+        let n = f.size.div_ceil(cluster) as u32;
+        if n == 0 {
+            reserved.push(ReservedFile {
+                path: f.path(),
+                size: 0,
+                start: size,
+            });
+            continue;
+        }
+        let chain = cluster_chain(slice, g, at).map_err(io_err(ctx))?;
+        if !chain.iter().copied().eq(at..at + n) {
+            return Err(io_err(ctx)(io::Error::other(format!(
+                "{} did not get clusters {at}..{}",
+                f.path(),
+                at + n
+            ))));
+        }
+        reserved.push(ReservedFile {
+            path: f.path(),
+            size: f.size,
+            start: cluster_offset(g, at),
+        });
+        at += n;
+    }
+    Ok((stats, label, reserved))
+}
+
+/// Writes the content of an [`EspSource::Reserved`] file of the ESP that
+/// [`write_esp`] wrote at `offset` of `file`, and records its digest in
+/// `report`. Only the file's own clusters are written: the bytes before
+/// [`EspReport::reserved_start`] stay as they are. `content` must have
+/// exactly the reserved size.
+pub fn fill_reserved(
+    file: &File,
+    offset: u64,
+    report: &mut EspReport,
+    path: &str,
+    content: &[u8],
+) -> Result<(), FatError> {
+    let Some(r) = report.reserved.iter().find(|r| r.path == path) else {
+        return Err(FatError::NotFound {
+            path: path.to_string(),
+        });
+    };
+    if content.len() as u64 != r.size {
+        return Err(FatError::ReservedSize {
+            path: path.to_string(),
+            reserved: r.size,
+            given: content.len() as u64,
+        });
+    }
+    file.write_all_at(content, offset + r.start)
+        .map_err(io_err(format!("writing {path} into the ESP")))?;
+    for e in report.files.iter_mut().filter(|e| e.path == path) {
+        e.sha256 = hex(&Sha256::digest(content));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

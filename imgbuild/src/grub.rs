@@ -14,6 +14,10 @@ use thiserror::Error;
 pub const KERNEL_PATH: &str = "bzImage";
 /// Initramfs file name on the ESP.
 pub const INITRD_PATH: &str = "initrd.cpio.gz";
+/// The bootloader on the ESP: the removable-media path UEFI firmware boots.
+pub const BOOTLOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+/// The copy of the GRUB configuration on the ESP (`-p /EFI/BOOT`).
+pub const CONFIG_PATH: &str = "EFI/BOOT/grub.cfg";
 /// Modules built into the GRUB image by default.
 pub const DEFAULT_MODULES: &[&str] = &[
     "boot", "linux", "echo", "normal", "part_gpt", "fat", "ls", "search", "tpm",

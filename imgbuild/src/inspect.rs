@@ -87,7 +87,7 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
     let (esp, root, verity) = (part("esp")?, part("root")?, part("root-verity")?);
 
     let listing = fat::read_esp(&file, esp.offset, esp.size)?;
-    let cfg = fat::read_esp_file(&file, esp.offset, esp.size, "EFI/BOOT/grub.cfg")?;
+    let cfg = fat::read_esp_file(&file, esp.offset, esp.size, grub::CONFIG_PATH)?;
     let cfg = String::from_utf8_lossy(&cfg).into_owned();
     let cmdline = grub::cmdline_of(&cfg).ok_or_else(|| {
         InspectError::Missing(format!("{path}: no linux line in EFI/BOOT/grub.cfg"))

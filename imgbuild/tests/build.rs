@@ -236,6 +236,20 @@ fn build_is_verifiable_and_reproducible() {
     let cfg = String::from_utf8_lossy(&cfg.stdout);
     assert!(cfg.contains(&format!("roothash={root_hash} ")), "{cfg}");
     assert!(cfg.contains("console=ttyS0"));
+    // The GRUB image embeds the same configuration, root hash included
+    // (both are written into the ESP after the root hash is known).
+    let grub = run_ok(
+        tool("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&p1)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+    )
+    .stdout;
+    assert!(
+        grub.windows(cfg.len()).any(|w| w == cfg.as_bytes()),
+        "BOOTX64.EFI does not embed grub.cfg"
+    );
 
     // Sparse: the 1 GiB cocos partition and free space take no blocks.
     use std::os::unix::fs::MetadataExt;

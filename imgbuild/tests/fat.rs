@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cocos_imgbuild::fat::{
-    DEFAULT_ESP_SIZE, EspFile, EspSource, EspSpec, FatError, FatKind, FileSlice, read_esp,
-    read_esp_file, write_esp,
+    DEFAULT_ESP_SIZE, EspFile, EspSource, EspSpec, FatError, FatKind, FileSlice, fill_reserved,
+    read_esp, read_esp_file, write_esp,
 };
 use proptest::prelude::*;
 use tempfile::TempDir;
@@ -533,6 +533,82 @@ fn larger_esp_uses_4k_clusters_and_is_clean() {
 
 // ---------------------------------------------------------------------------
 // 2. Determinism.
+
+/// SHA-256 (hex) of `[0, len)` of `path`, by `head -c | sha256sum`.
+fn sha256_prefix(path: &Path, len: u64) -> String {
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c {len} '{}' | sha256sum", path.display())),
+    );
+    String::from_utf8(out).unwrap()[..64].to_string()
+}
+
+#[test]
+fn reserved_files_sit_at_the_end_and_filling_them_leaves_the_rest_alone() {
+    let inputs = Inputs::new();
+    // The bootloader, its configuration and the empty file are reserved;
+    // the kernel and initramfs are written at once.
+    let reserved = [
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/grub.cfg",
+        "EFI/cocos/empty.txt",
+    ];
+    let mut spec = inputs.spec();
+    for f in &mut spec.files {
+        if reserved.contains(&f.path.as_str()) {
+            f.source = EspSource::Reserved(inputs.files[&f.path].1.len() as u64);
+        }
+    }
+    let image = inputs.dir.path().join("reserved.img");
+    let f = create(&image);
+    let mut report = write_esp(&f, 0, &spec).unwrap();
+
+    // The reserved bytes are the filesystem's last clusters: the 1 MiB
+    // bootloader and the 1-cluster grub.cfg (512-byte clusters) end it.
+    let boot = inputs.files["EFI/BOOT/BOOTX64.EFI"].1.len() as u64;
+    let cfg = inputs.files["EFI/BOOT/grub.cfg"].1.len() as u64;
+    let start = report.reserved_start();
+    assert_eq!(
+        DEFAULT_ESP_SIZE - start,
+        boot.div_ceil(512) * 512 + cfg.div_ceil(512) * 512
+    );
+    let before = sha256_prefix(&image, start);
+    // Unfilled, the reserved files read as zeros.
+    assert_eq!(
+        read_esp_file(&f, 0, DEFAULT_ESP_SIZE, "EFI/BOOT/grub.cfg").unwrap(),
+        vec![0u8; cfg as usize]
+    );
+
+    for path in reserved {
+        fill_reserved(&f, 0, &mut report, path, &inputs.files[path].1).unwrap();
+    }
+    drop(f);
+    assert_eq!(
+        sha256_prefix(&image, start),
+        before,
+        "bytes before the reserved files changed"
+    );
+    check_with_reference_tools(&inputs, &image, 0, DEFAULT_ESP_SIZE);
+    for e in &report.files {
+        let host = &inputs.files[&e.path].0;
+        assert_eq!(e.sha256, sha256sum(host), "{}", e.path);
+    }
+
+    // Wrong sizes and unknown paths are refused.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let err = fill_reserved(&f, 0, &mut report, "EFI/BOOT/grub.cfg", b"short").unwrap_err();
+    assert!(
+        matches!(err, FatError::ReservedSize { reserved, given: 5, .. } if reserved == cfg),
+        "{err}"
+    );
+    let err = fill_reserved(&f, 0, &mut report, "bzImage", b"x").unwrap_err();
+    assert!(matches!(err, FatError::NotFound { .. }), "{err}");
+}
 
 #[test]
 fn same_spec_in_any_order_gives_identical_bytes() {
