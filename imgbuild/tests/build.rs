@@ -5,33 +5,17 @@
 //! and the seed change only what depends on them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::{run_ok, tool};
 use sha2::{Digest, Sha256};
 
 const SEED: &str = "0c0c0a1b-2c3d-4e5f-8a9b-abcdefabcdef";
-
-fn tool(name: &str) -> Command {
-    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists());
-    assert!(found, "{name} not found: run scripts/setup-host.sh");
-    Command::new(name)
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A small root tree, its files created in the given order.
 fn tree(root: &Path, reverse: bool) {

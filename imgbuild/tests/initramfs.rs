@@ -6,6 +6,8 @@
 //! shared libraries from `ldd`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
@@ -14,32 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use cocos_imgbuild::initramfs::cpio::read_newc;
+use common::{run_ok, tool};
 
 /// SOURCE_DATE_EPOCH of the tests: 2001-09-09 01:46:40 UTC, long enough
 /// ago that `cpio -tv` prints the year.
 const EPOCH: u32 = 1_000_000_000;
-
-fn tool(name: &str) -> Command {
-    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists());
-    assert!(
-        found,
-        "{name} not found: run scripts/setup-host.sh (modinfo and depmod: package kmod)"
-    );
-    Command::new(name)
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Runs `cmd` with `input` on its standard input.
 fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
