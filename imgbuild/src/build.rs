@@ -47,6 +47,7 @@ use crate::gpt::{self, GptError, PartitionSpec};
 use crate::grub::{self, GrubError};
 use crate::initramfs::{Initramfs, InitramfsError, InitramfsSpec};
 use crate::seed::Seed;
+use crate::sparse::Segment;
 
 /// Where the initramfs comes from.
 #[derive(Debug, Clone)]
@@ -963,35 +964,28 @@ fn hash_range(
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 4 << 20];
     let zeros = vec![0u8; 1 << 20];
-    let end = offset + len;
-    let mut at = offset;
-    while at < end {
-        // Holes (the ESP's free space, the root's free blocks) are zeros:
-        // hash them from memory instead of reading them back.
-        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
-            Ok(d) => d.min(end),
-            Err(rustix::io::Errno::NXIO) => end,
-            Err(_) => at,
-        };
-        while at < data {
-            control.check()?;
-            let n = (data - at).min(zeros.len() as u64) as usize;
-            h.update(&zeros[..n]);
-            at += n as u64;
-        }
-        if at >= end {
-            break;
-        }
-        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(at))
-            .map_or(end, |h| h.min(end))
-            .max(at + 1);
-        while at < hole {
-            control.check()?;
-            let n = (hole - at).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], at)
-                .map_err(io_err(Path::new(name), "read back"))?;
-            h.update(&buf[..n]);
-            at += n as u64;
+    for segment in crate::sparse::segments(file, offset, offset + len) {
+        match segment.map_err(io_err(Path::new(name), "read back"))? {
+            // Holes (the ESP's free space, the root's free blocks) are
+            // zeros: hash them from memory instead of reading them back.
+            Segment::Hole(mut at, end) => {
+                while at < end {
+                    control.check()?;
+                    let n = (end - at).min(zeros.len() as u64) as usize;
+                    h.update(&zeros[..n]);
+                    at += n as u64;
+                }
+            }
+            Segment::Data(mut at, end) => {
+                while at < end {
+                    control.check()?;
+                    let n = (end - at).min(buf.len() as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], at)
+                        .map_err(io_err(Path::new(name), "read back"))?;
+                    h.update(&buf[..n]);
+                    at += n as u64;
+                }
+            }
         }
     }
     Ok(())

@@ -1187,26 +1187,12 @@ fn plan(spec: &EspSpec) -> Result<Plan<'_>, FatError> {
 /// Zeroes every non-zero 4 KiB block of `[start, end)`, reading only: holes
 /// read as zero and are left alone.
 fn clear_range(file: &File, start: u64, end: u64) -> io::Result<()> {
-    // Holes read as zeros: only the data ranges need looking at (none in
-    // a freshly created image).
-    let mut at = start;
-    while at < end {
-        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => return Ok(()),
-            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
-                return clear_data(file, at, end);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if data >= end {
-            return Ok(());
+    // Holes read as zeros: only the data needs looking at (none in a
+    // freshly created image).
+    for segment in crate::sparse::segments(file, start, end) {
+        if let crate::sparse::Segment::Data(a, b) = segment? {
+            clear_data(file, a, b)?;
         }
-        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data))
-            .map_err(io::Error::from)?
-            .min(end);
-        clear_data(file, data, hole)?;
-        at = hole.max(data + 1);
     }
     Ok(())
 }

@@ -17,3 +17,4 @@ pub mod grub;
 pub mod initramfs;
 pub mod inspect;
 pub mod seed;
+mod sparse;

@@ -345,26 +345,16 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Source
 /// support for those (or on a filesystem that reports no holes) the whole
 /// file is one range.
 pub(crate) fn data_ranges(file: &fs::File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    use rustix::fs::{SeekFrom, seek};
-    let end = size.next_multiple_of(4096);
     let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let start = match seek(file, SeekFrom::Data(pos)) {
-            Ok(p) => p,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
-                return Ok(vec![(0, end)]);
-            }
-            Err(e) => return Err(e.into()),
+    for segment in crate::sparse::segments(file, 0, size) {
+        let crate::sparse::Segment::Data(start, end) = segment? else {
+            continue;
         };
-        let hole = seek(file, SeekFrom::Hole(start)).map_err(io::Error::from)?;
-        let (a, b) = (start / 4096 * 4096, hole.min(size).next_multiple_of(4096));
+        let (a, b) = (start / 4096 * 4096, end.next_multiple_of(4096));
         match ranges.last_mut() {
             Some(last) if last.1 >= a => last.1 = last.1.max(b),
             _ => ranges.push((a, b)),
         }
-        pos = hole.max(start + 1);
     }
     Ok(ranges)
 }
