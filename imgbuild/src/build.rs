@@ -485,10 +485,9 @@ pub fn build(
     // 1. The ESP, first and on another thread. Only grub.cfg (and a GRUB
     // image embedding it) depends on the root hash: room of their final
     // size is reserved at the end of the filesystem, so everything before
-    // it is written and hashed while the root filesystem is planned and
-    // built.
-    // The ESP is the first partition: its place does not depend on the
-    // others' sizes.
+    // it is written while the tree is scanned, and hashed then and beside
+    // the rootfs.ext4 digest. The ESP is the first partition: its place
+    // does not depend on the others' sizes.
     let (esp_offset, esp_size) = gpt::plan_layout(
         disk_guid,
         &[PartitionSpec {
