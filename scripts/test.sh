@@ -55,6 +55,16 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   tar --sparse --format=gnu -cf "$seed_dir/gnu-seed" -C "$seed_tree" .
   tar --sparse --format=posix -cf "$seed_dir/pax-seed" -C "$seed_tree" .
   rm -rf "$seed_tree"
+  # Seed the ESP reader with a small FAT12 filesystem made by mkfs.fat and
+  # mtools: directories, a long name, a file over several clusters.
+  seed_dir=imgbuild/fuzz/corpus/esp_reader
+  mkdir -p "$seed_dir"
+  seed_img="$(mktemp -u)"
+  mkfs.fat -C "$seed_img" 64 >/dev/null
+  printf 'set timeout=0\n' | MTOOLS_SKIP_CHECK=1 mcopy -i "$seed_img" - ::/grub.cfg
+  MTOOLS_SKIP_CHECK=1 mmd -i "$seed_img" ::/EFI ::/EFI/BOOT
+  head -c 3000 /dev/zero | tr '\0' x | MTOOLS_SKIP_CHECK=1 mcopy -i "$seed_img" - "::/EFI/BOOT/a long name.bin"
+  mv "$seed_img" "$seed_dir/mkfs-seed"
   for crate in measure imgbuild initrd; do
     for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
       echo "fuzzing $crate/$target for ${fuzz_seconds}s"

@@ -1385,3 +1385,208 @@ proptest! {
         prop_assert!(disk == model);
     }
 }
+
+// ---------------------------------------------------------------------------
+// 5. Reading FAT12/16 and corrupt filesystems.
+
+/// A FAT image made by mkfs.fat (`bits` 12 or 16, `kib` KiB, one sector
+/// per cluster) holding `files` (ESP path, content) copied in by mcopy.
+fn mkfs_image(dir: &Path, bits: u32, kib: u64, files: &[(&str, Vec<u8>)]) -> PathBuf {
+    let image = dir.join(format!("fat{bits}.img"));
+    let _ = fs::remove_file(&image);
+    run_ok(
+        Command::new(mkfs_bin())
+            .args(["-F", &bits.to_string(), "-s", "1", "-n", "SMALL", "-C"])
+            .arg(&image)
+            .arg(kib.to_string()),
+    );
+    let mut made = Vec::new();
+    for (i, (esp, bytes)) in files.iter().enumerate() {
+        let parts: Vec<&str> = esp.split('/').collect();
+        for depth in 1..parts.len() {
+            let d = parts[..depth].join("/");
+            if !made.contains(&d) {
+                run_ok(
+                    Command::new("mmd")
+                        .arg("-i")
+                        .arg(&image)
+                        .arg(format!("::/{d}")),
+                );
+                made.push(d);
+            }
+        }
+        let host = dir.join(format!("in-{bits}-{i}"));
+        fs::write(&host, bytes).unwrap();
+        run_ok(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(&image)
+                .arg(&host)
+                .arg(format!("::/{esp}")),
+        );
+    }
+    image
+}
+
+#[test]
+fn read_esp_reads_fat12_and_fat16_made_by_mkfs_fat() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("EFI/BOOT/grub.cfg", b"set timeout=0\n".to_vec()),
+        ("EFI/BOOT/BOOTX64.EFI", prng(5, 70_000)),
+        ("a long file name.bin", prng(6, 3000)),
+        ("README.TXT", Vec::new()),
+        ("docs/x.md", prng(7, 513)),
+    ];
+    for (bits, kib, kind) in [(12, 1024, FatKind::Fat12), (16, 8192, FatKind::Fat16)] {
+        let image = mkfs_image(dir.path(), bits, kib, &files);
+        let f = File::open(&image).unwrap();
+        let len = fs::metadata(&image).unwrap().len();
+        let listing = read_esp(&f, 0, len).unwrap();
+        assert_eq!(listing.fat_type, kind);
+        assert_eq!(listing.label, "SMALL");
+        // Paths as mtools lists them.
+        let mut paths: Vec<String> = listing
+            .directories
+            .iter()
+            .map(|d| format!("{d}/"))
+            .chain(listing.files.iter().map(|e| e.path.clone()))
+            .collect();
+        paths.sort();
+        assert_eq!(paths, mdir_paths(&image, 0), "FAT{bits}");
+        for (esp, bytes) in &files {
+            let e = listing.get(esp).unwrap();
+            assert_eq!(e.size, bytes.len() as u64, "{esp}");
+            let host = dir.path().join("check");
+            fs::write(&host, bytes).unwrap();
+            assert_eq!(e.sha256, sha256sum(&host), "{esp}");
+            assert_eq!(read_esp_file(&f, 0, len, esp).unwrap(), *bytes, "{esp}");
+        }
+    }
+}
+
+/// Offsets in a FAT16 image, from its boot sector (FAT spec, 'Boot Sector
+/// and BPB'): (first FAT, root directory, first data cluster, cluster size).
+fn fat16_layout(image: &[u8]) -> (usize, usize, usize, usize) {
+    let le16 = |at: usize| u16::from_le_bytes([image[at], image[at + 1]]) as usize;
+    let (bps, spc, reserved, fats) = (le16(11), image[13] as usize, le16(14), image[16] as usize);
+    let (root_entries, fat_sectors) = (le16(17), le16(22));
+    let fat = reserved * bps;
+    let root = fat + fats * fat_sectors * bps;
+    let data = root + (root_entries * 32).div_ceil(bps) * bps;
+    (fat, root, data, spc * bps)
+}
+
+/// The root directory entry whose 8.3 name is `name` (11 bytes, padded).
+fn root_entry(image: &[u8], root: usize, name: &[u8; 11]) -> usize {
+    (0..512)
+        .map(|i| root + 32 * i)
+        .find(|&at| &image[at..at + 11] == name)
+        .unwrap()
+}
+
+#[test]
+fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("A.BIN", prng(8, 3000)),
+        ("B.BIN", prng(9, 1000)),
+        ("D/C.BIN", prng(10, 100)),
+    ];
+    let image = mkfs_image(dir.path(), 16, 8192, &files);
+    let good = fs::read(&image).unwrap();
+    let (fat, root, _, _) = fat16_layout(&good);
+    let a = root_entry(&good, root, b"A       BIN");
+    let b = root_entry(&good, root, b"B       BIN");
+    let d = root_entry(&good, root, b"D          ");
+    let cluster = |img: &[u8], entry: usize| u16::from_le_bytes([img[entry + 26], img[entry + 27]]);
+    let set_cluster = |img: &mut Vec<u8>, entry: usize, c: u16| {
+        img[entry + 26..entry + 28].copy_from_slice(&c.to_le_bytes());
+    };
+    let set_fat = |img: &mut Vec<u8>, c: u16, next: u16| {
+        let at = fat + 2 * c as usize;
+        img[at..at + 2].copy_from_slice(&next.to_le_bytes());
+    };
+    let (ca, cd) = (cluster(&good, a), cluster(&good, d));
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a file at cluster 1",
+            {
+                let mut img = good.clone();
+                set_cluster(&mut img, a, 1);
+                img
+            },
+            "cluster 1",
+        ),
+        (
+            "a file whose chain loops",
+            {
+                let mut img = good.clone();
+                set_fat(&mut img, ca, ca);
+                img
+            },
+            "used twice",
+        ),
+        (
+            "a directory whose chain loops",
+            {
+                let mut img = good.clone();
+                set_fat(&mut img, cd, cd);
+                img
+            },
+            "used twice",
+        ),
+        (
+            "two files sharing clusters",
+            {
+                let mut img = good.clone();
+                set_cluster(&mut img, b, ca);
+                img
+            },
+            "used twice",
+        ),
+        (
+            "a chain shorter than the file",
+            {
+                let mut img = good.clone();
+                set_fat(&mut img, ca, 0xFFFF);
+                img
+            },
+            "chain holds 1 clusters",
+        ),
+        (
+            "a file chain into a free cluster",
+            {
+                let mut img = good.clone();
+                set_fat(&mut img, ca, 0);
+                img
+            },
+            "followed by 0x0",
+        ),
+        (
+            "no boot sector signature",
+            {
+                let mut img = good.clone();
+                img[510] = 0;
+                img
+            },
+            "signature",
+        ),
+    ];
+    let path = dir.path().join("corrupt.img");
+    for (what, img, says) in cases {
+        fs::write(&path, &img).unwrap();
+        let f = File::open(&path).unwrap();
+        let len = img.len() as u64;
+        let err = read_esp(&f, 0, len).unwrap_err();
+        assert!(
+            matches!(&err, FatError::Io { source, .. } if source.to_string().contains(says)),
+            "{what}: {err:?}"
+        );
+    }
+    // The intact image reads.
+    fs::write(&path, &good).unwrap();
+    let listing = read_esp(&File::open(&path).unwrap(), 0, good.len() as u64).unwrap();
+    assert_eq!(listing.files.len(), 3);
+}
