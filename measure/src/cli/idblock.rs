@@ -118,6 +118,14 @@ fn parse_measurement(s: &str) -> Result<LaunchDigest> {
     Ok(LaunchDigest(arr))
 }
 
+impl IdFields {
+    /// The ID key and, if given, the author key.
+    fn keys(&self) -> Result<(IdKey, Option<IdKey>)> {
+        let id = read_key(&self.id_key)?;
+        Ok((id, self.author_key.as_deref().map(read_key).transpose()?))
+    }
+}
+
 fn read_key(path: &Path) -> Result<IdKey> {
     let pem = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read the key", path.display()))?;
@@ -143,13 +151,7 @@ pub fn run_id_block(args: IdBlockArgs) -> Result<()> {
         (None, None) => bail!("give --measurement or --igvm"),
     };
     let policy = args.policy.or(file_policy).unwrap_or(DEFAULT_POLICY);
-    let id_key = read_key(&args.fields.id_key)?;
-    let author_key = args
-        .fields
-        .author_key
-        .as_deref()
-        .map(read_key)
-        .transpose()?;
+    let (id_key, author_key) = args.fields.keys()?;
     let block = IdBlock::new(
         ld,
         args.fields.family_id.unwrap_or_default(),
@@ -202,13 +204,7 @@ fn print_id_block(block: &IdBlock, auth: &IdAuth, format: IdBlockFormat) -> Resu
 /// Runs `cocos-measure igvm sign`.
 pub fn run_sign(args: SignArgs) -> Result<()> {
     let image = read_igvm(&args.file)?;
-    let id_key = read_key(&args.fields.id_key)?;
-    let author_key = args
-        .fields
-        .author_key
-        .as_deref()
-        .map(read_key)
-        .transpose()?;
+    let (id_key, author_key) = args.fields.keys()?;
     let semantics = if args.igvmmeasure {
         Semantics::Igvmmeasure
     } else if args.igvm_crate {
