@@ -57,6 +57,20 @@ fn initramfs(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `initramfs --init INIT --out OUT --modules-dir DIR --modules LIST`.
+fn with_modules(init: &Path, out: &Path, modules_dir: &Path, modules: &str) -> serde_json::Value {
+    initramfs(&[
+        "--init",
+        init.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--modules-dir",
+        modules_dir.to_str().unwrap(),
+        "--modules",
+        modules,
+    ])
+}
+
 fn zcat(path: &Path) -> Vec<u8> {
     run_ok(tool("zcat").arg(path)).stdout
 }
@@ -661,17 +675,7 @@ fn module_closure_and_order_agree_with_modinfo_and_depmod() {
     );
     let inp = inputs();
     let out = inp.dir.path().join("m.cpio.gz");
-    let m = modules.to_str().unwrap();
-    let summary = initramfs(&[
-        "--init",
-        inp.init.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--modules-dir",
-        m,
-        "--modules",
-        BOOT_MODULES,
-    ]);
+    let summary = with_modules(&inp.init, &out, &modules, BOOT_MODULES);
     let order = module_order(&summary);
 
     // The closure of `modinfo -F depends`, followed recursively.
@@ -694,16 +698,12 @@ fn module_closure_and_order_agree_with_modinfo_and_depmod() {
         order.iter().cloned().collect::<BTreeSet<_>>()
     );
     assert_order(&order, &by_depmod);
-    let with_dep = initramfs(&[
-        "--init",
-        inp.init.to_str().unwrap(),
-        "--out",
-        inp.dir.path().join("d.cpio.gz").to_str().unwrap(),
-        "--modules-dir",
-        copy.to_str().unwrap(),
-        "--modules",
+    let with_dep = with_modules(
+        &inp.init,
+        &inp.dir.path().join("d.cpio.gz"),
+        &copy,
         BOOT_MODULES,
-    ]);
+    );
     let order_dep = module_order(&with_dep);
     assert_order(&order_dep, &by_depmod);
     assert_eq!(order_dep, order);
@@ -712,16 +712,12 @@ fn module_closure_and_order_agree_with_modinfo_and_depmod() {
     // given, then by name. Asking for the same modules in another order
     // changes the order but not the set.
     let reversed: Vec<&str> = BOOT_MODULES.split_whitespace().rev().collect();
-    let other = initramfs(&[
-        "--init",
-        inp.init.to_str().unwrap(),
-        "--out",
-        inp.dir.path().join("r.cpio.gz").to_str().unwrap(),
-        "--modules-dir",
-        m,
-        "--modules",
+    let other = with_modules(
+        &inp.init,
+        &inp.dir.path().join("r.cpio.gz"),
+        &modules,
         &reversed.join(" "),
-    ]);
+    );
     let order_r = module_order(&other);
     assert_order(&order_r, &by_depmod);
     assert_eq!(
@@ -774,16 +770,12 @@ fn the_issue_module_list_is_closed_under_dependencies() {
         gf128mul ghash-generic ctr ecb xts af_alg algif_aead";
     let modules = kernel_modules();
     let inp = inputs();
-    let summary = initramfs(&[
-        "--init",
-        inp.init.to_str().unwrap(),
-        "--out",
-        inp.dir.path().join("i.cpio.gz").to_str().unwrap(),
-        "--modules-dir",
-        modules.to_str().unwrap(),
-        "--modules",
+    let summary = with_modules(
+        &inp.init,
+        &inp.dir.path().join("i.cpio.gz"),
+        &modules,
         MEASURED,
-    ]);
+    );
     let order = module_order(&summary);
     assert_eq!(
         order.iter().cloned().collect::<BTreeSet<_>>(),
