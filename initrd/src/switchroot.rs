@@ -192,10 +192,9 @@ pub fn enter_root(new_root: &Path) -> Result<(), SwitchError> {
     Ok(())
 }
 
-/// Reads [`INIT`] through ([`read_program`]) and executes it as this
-/// process (PID 1). Returns only on failure.
+/// Executes [`INIT`] as this process (PID 1); the caller has read it
+/// through with [`read_program`] first. Returns only on failure.
 pub fn exec_init() -> Result<Infallible, SwitchError> {
-    read_program(Path::new(INIT))?;
     let source = std::process::Command::new(INIT).exec();
     Err(SwitchError::Exec {
         path: PathBuf::from(INIT),
