@@ -196,6 +196,16 @@ fn json_and_bin_formats_carry_the_same_structures() {
     assert_eq!(bin.len(), 96 + 4096);
     assert_eq!(b64(json["id_block"].as_str().unwrap()), &bin[..96]);
     assert_eq!(b64(json["id_auth"].as_str().unwrap()), &bin[96..]);
+    // Both are the reference's bytes, not just each other's.
+    assert_eq!(bin[..96], b64(s(&row["expected"], "id_block_b64").unwrap()));
+    assert_eq!(
+        bin[96..],
+        b64(s(
+            &row["rfc6979_reference"],
+            "id_auth_with_rfc6979_signatures_b64"
+        )
+        .unwrap())
+    );
     assert_eq!(json["id_key_digest"], row["expected"]["id_key_digest_hex"]);
 }
 
