@@ -39,8 +39,9 @@ pub struct IdBlockArgs {
     igvm: Option<PathBuf>,
     #[command(flatten)]
     fields: IdFields,
-    /// Guest policy [default: the IGVM file's, else 0x30000].
-    #[arg(long, value_name = "HEX", value_parser = parse_policy)]
+    /// Guest policy, decimal or 0x-prefixed hex (as the reference reads it)
+    /// [default: the IGVM file's, else 0x30000].
+    #[arg(long, value_name = "N", value_parser = parse_policy)]
     policy: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value = "qemu")]
@@ -132,17 +133,12 @@ fn read_key(path: &Path) -> Result<IdKey> {
     IdKey::from_pem(&pem).with_context(|| format!("{}: unusable key", path.display()))
 }
 
-fn read_igvm(path: &Path) -> Result<IgvmImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    IgvmImage::parse(&bytes).with_context(|| format!("{}: cannot parse", path.display()))
-}
-
 /// Runs `cocos-measure id-block`.
 pub fn run_id_block(args: IdBlockArgs) -> Result<()> {
     let (ld, file_policy) = match (&args.measurement, &args.igvm) {
         (Some(m), _) => (parse_measurement(m)?, None),
         (None, Some(path)) => {
-            let image = read_igvm(path)?;
+            let image = super::igvm::read_image(path)?;
             let ld = image
                 .snp_launch_digest(Semantics::Firmware, false)
                 .with_context(|| format!("{}: cannot compute the launch digest", path.display()))?;
@@ -203,15 +199,9 @@ fn print_id_block(block: &IdBlock, auth: &IdAuth, format: IdBlockFormat) -> Resu
 
 /// Runs `cocos-measure igvm sign`.
 pub fn run_sign(args: SignArgs) -> Result<()> {
-    let image = read_igvm(&args.file)?;
+    let image = super::igvm::read_image(&args.file)?;
     let (id_key, author_key) = args.fields.keys()?;
-    let semantics = if args.igvmmeasure {
-        Semantics::Igvmmeasure
-    } else if args.igvm_crate {
-        Semantics::IgvmCrate
-    } else {
-        Semantics::Firmware
-    };
+    let semantics = super::igvm::semantics(args.igvmmeasure, args.igvm_crate);
     let signed = sign(
         &image,
         &SignOptions {
@@ -247,7 +237,7 @@ pub fn check_igvm_id_block(
             hex::encode(block.ld),
             digest
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(crate::EXIT_MISMATCH));
     }
     let policy = image.snp_guest_policy()?.unwrap_or(DEFAULT_POLICY);
     if let Err(e) = block.verify(policy) {
@@ -255,7 +245,7 @@ pub fn check_igvm_id_block(
             "cocos-measure: {}: the ID block's launch digest matches, but {e}",
             path.display()
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(crate::EXIT_MISMATCH));
     }
     eprintln!(
         "{}: ID block matches the launch digest; signatures verify{}",

@@ -78,7 +78,18 @@ it on some files; --igvmmeasure and --igvm-crate reproduce them:
   no SNP guest policy                 measured           measured            error
 On every file where the two tools agree, all three give the same digest.";
 
-fn read_image(path: &Path) -> Result<IgvmImage> {
+/// The digest semantics the `--igvmmeasure`/`--igvm-crate` flags choose.
+pub(super) fn semantics(igvmmeasure: bool, igvm_crate: bool) -> Semantics {
+    if igvmmeasure {
+        Semantics::Igvmmeasure
+    } else if igvm_crate {
+        Semantics::IgvmCrate
+    } else {
+        Semantics::Firmware
+    }
+}
+
+pub(super) fn read_image(path: &Path) -> Result<IgvmImage> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     IgvmImage::parse(&bytes).with_context(|| format!("{}: cannot parse", path.display()))
 }
@@ -108,13 +119,7 @@ pub fn run(args: IgvmArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PlatformArg::SevSnp => {
-            let semantics = if m.igvmmeasure {
-                Semantics::Igvmmeasure
-            } else if m.igvm_crate {
-                Semantics::IgvmCrate
-            } else {
-                Semantics::Firmware
-            };
+            let semantics = semantics(m.igvmmeasure, m.igvm_crate);
             let digest = image
                 .snp_launch_digest(semantics, m.native_zero)
                 .with_context(|| {
