@@ -787,7 +787,7 @@ fn fat_date_time(unix: i64) -> fatfs::DateTime {
 
 /// Proleptic Gregorian (year, month, day) of a count of days since
 /// 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -1306,7 +1306,7 @@ fn cluster_chain(slice: &mut FileSlice<'_>, g: &Geometry, first: u32) -> io::Res
     }
 }
 
-fn entry_cluster(entry: &[u8; 32]) -> u32 {
+fn entry_cluster(entry: &[u8]) -> u32 {
     // DIR_FstClusHI @20, DIR_FstClusLO @26 (FAT spec, 'FAT Directory Structure').
     u32::from(u16::from_le_bytes([entry[20], entry[21]])) << 16
         | u32::from(u16::from_le_bytes([entry[26], entry[27]]))

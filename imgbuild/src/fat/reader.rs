@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, EspEntry,
-    EspListing, FatError, FatKind, MAX_DEPTH, hex,
+    EspListing, FatError, FatKind, MAX_DEPTH, entry_cluster, hex,
 };
 
 /// Marks the last long-name entry of a set: the first stored (FAT spec,
@@ -57,10 +57,8 @@ struct Volume<'f> {
     label: String,
     /// Bytes per cluster.
     cluster_size: u64,
-    /// Byte offset of the first FAT.
-    fat_start: u64,
-    /// Bytes of one FAT.
-    fat_len: u64,
+    /// The first FAT, read once.
+    fat: Vec<u8>,
     /// FAT12/16: byte offset and entry count of the fixed root directory.
     root_dir: (u64, u64),
     /// FAT32: the root directory's first cluster.
@@ -97,8 +95,7 @@ impl<'f> Volume<'f> {
             volume_id: 0,
             label: String::new(),
             cluster_size: 0,
-            fat_start: 0,
-            fat_len: 0,
+            fat: Vec::new(),
             root_dir: (0, 0),
             root_cluster: 0,
             data_start: 0,
@@ -166,8 +163,7 @@ impl<'f> Volume<'f> {
             .trim_end()
             .to_owned();
         v.cluster_size = bytes_per_sector * sectors_per_cluster;
-        v.fat_start = reserved * bytes_per_sector;
-        v.fat_len = fat_sectors * bytes_per_sector;
+        let fat_len = fat_sectors * bytes_per_sector;
         v.root_dir = (
             (reserved + fats * fat_sectors) * bytes_per_sector,
             root_entries,
@@ -179,12 +175,15 @@ impl<'f> Volume<'f> {
             FatKind::Fat16 => 16,
             FatKind::Fat32 => 32,
         };
-        if (clusters + 2) * entry_bits > v.fat_len * 8 {
+        if (clusters + 2) * entry_bits > fat_len * 8 {
             return Err(corrupt(format!(
-                "a FAT of {} bytes cannot map {clusters} clusters",
-                v.fat_len
+                "a FAT of {fat_len} bytes cannot map {clusters} clusters"
             )));
         }
+        // Inside the range: it ends before the data, which ends inside.
+        let mut fat = vec![0u8; fat_len as usize];
+        v.read(reserved * bytes_per_sector, &mut fat)?;
+        v.fat = fat;
         v.clusters = u32::try_from(clusters).map_err(|_| corrupt("too many clusters"))?;
         v.seen = vec![0u64; (clusters as usize + 2).div_ceil(64)];
         if v.kind == FatKind::Fat32 && !v.is_cluster(v.root_cluster) {
@@ -221,27 +220,18 @@ impl<'f> Volume<'f> {
     /// The FAT entry of cluster `c`: `None` at the end of a chain.
     fn next(&self, c: u32) -> Result<Option<u32>, FatError> {
         let c64 = u64::from(c);
+        let at = |i: u64| self.fat.get(i as usize).copied().map_or(0, u32::from);
         let (value, eoc, bad) = match self.kind {
             FatKind::Fat12 => {
-                let mut b = [0u8; 2];
-                self.read(self.fat_start + c64 + c64 / 2, &mut b)?;
-                let v = u16::from_le_bytes(b);
+                let i = c64 + c64 / 2;
+                let v = at(i) | at(i + 1) << 8;
                 let v = if c % 2 == 1 { v >> 4 } else { v & 0xFFF };
-                (u32::from(v), 0xFF8, 0xFF7)
+                (v, 0xFF8, 0xFF7)
             }
-            FatKind::Fat16 => {
-                let mut b = [0u8; 2];
-                self.read(self.fat_start + 2 * c64, &mut b)?;
-                (u32::from(u16::from_le_bytes(b)), 0xFFF8, 0xFFF7)
-            }
+            FatKind::Fat16 => (at(2 * c64) | at(2 * c64 + 1) << 8, 0xFFF8, 0xFFF7),
             FatKind::Fat32 => {
-                let mut b = [0u8; 4];
-                self.read(self.fat_start + 4 * c64, &mut b)?;
-                (
-                    u32::from_le_bytes(b) & 0x0FFF_FFFF,
-                    0x0FFF_FFF8,
-                    0x0FFF_FFF7,
-                )
+                let v = (0..4).fold(0, |v, k| v | at(4 * c64 + k) << (8 * k));
+                (v & 0x0FFF_FFFF, 0x0FFF_FFF8, 0x0FFF_FFF7)
             }
         };
         if value >= eoc {
@@ -447,7 +437,7 @@ fn entries(raw: &[u8]) -> Vec<Entry> {
             name,
             short,
             is_dir: e[11] & ATTR_DIRECTORY != 0,
-            cluster: u32::from(le16(e, 20)) << 16 | u32::from(le16(e, 26)),
+            cluster: entry_cluster(e),
             size: u64::from(le32(e, 28)),
         });
     }
