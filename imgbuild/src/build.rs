@@ -488,18 +488,16 @@ pub fn build(
     // it is written while the tree is scanned, and hashed then and beside
     // the rootfs.ext4 digest. The ESP is the first partition: its place
     // does not depend on the others' sizes.
-    let (esp_offset, esp_size) = gpt::plan_layout(
-        disk_guid,
-        &[PartitionSpec {
-            name: "esp".into(),
-            type_guid: gpt::ESP_TYPE,
-            unique_guid: seed.uuid_for("gpt:esp"),
-            size: cfg.esp_size,
-        }],
-    )?
-    .partition("esp")
-    .map(|p| (p.offset, p.size))
-    .ok_or(BuildError::Internal("no ESP planned"))?;
+    let esp_part = PartitionSpec {
+        name: "esp".into(),
+        type_guid: gpt::ESP_TYPE,
+        unique_guid: seed.uuid_for("gpt:esp"),
+        size: cfg.esp_size,
+    };
+    let (esp_offset, esp_size) = gpt::plan_layout(disk_guid, std::slice::from_ref(&esp_part))?
+        .partition("esp")
+        .map(|p| (p.offset, p.size))
+        .ok_or(BuildError::Internal("no ESP planned"))?;
     let disk = staging.create(artifact::DISK)?;
     // Long enough for the ESP now (so that writing it never changes the
     // length); the full length once the root filesystem is planned.
@@ -615,12 +613,7 @@ pub fn build(
         .map_err(|e| BuildError::Verity(e.to_string()))?;
     let specs = |root: Uuid, verity: Uuid| {
         [
-            PartitionSpec {
-                name: "esp".into(),
-                type_guid: gpt::ESP_TYPE,
-                unique_guid: seed.uuid_for("gpt:esp"),
-                size: cfg.esp_size,
-            },
+            esp_part.clone(),
             PartitionSpec {
                 name: "root".into(),
                 type_guid: gpt::ROOT_X86_64_TYPE,

@@ -657,7 +657,7 @@ fn cpio_date(t: i64, now: i64) -> String {
     ];
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::fat::civil_from_days(days);
     let month = MONTHS[(month - 1) as usize % 12];
     // GNU cpio: "older than 6 months, or in the future" shows the year.
     let age = now - t;
@@ -666,22 +666,6 @@ fn cpio_date(t: i64, now: i64) -> String {
     } else {
         format!("{month} {day:2} {:02}:{:02}", secs / 3600, secs % 3600 / 60)
     }
-}
-
-/// Proleptic Gregorian date of a day number (days since 1970-01-01), by
-/// the era-based method of H. Hinnant's "chrono-Compatible Low-Level Date
-/// Algorithms".
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
