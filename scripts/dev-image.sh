@@ -47,11 +47,11 @@ echo "--- end"
 poweroff -f
 INIT
 chmod 0755 "$root/sbin/init"
+# Only the root line: cocos-init adds the 9P shares and binds its corrected
+# copy over /etc/fstab, so the boot tests exercise that path.
 cat >"$root/etc/fstab" <<'FSTAB'
-# <file system>          <mount point>  <type>  <options>                           <dump> <pass>
-/dev/mapper/root_verity  /              ext4    ro                                  0      0
-certs_share              /etc/certs     9p      trans=virtio,version=9p2000.L,nofail 0      0
-env_share                /etc/cocos     9p      trans=virtio,version=9p2000.L,nofail 0      0
+# <file system>          <mount point>  <type>  <options>  <dump> <pass>
+/dev/mapper/root_verity  /              ext4    ro         0      0
 FSTAB
 
 # The modules of the boot flow (their dependencies are added by the builder).

@@ -127,7 +127,13 @@ fn boots_through_verity_and_luks_into_the_root() {
         );
     }
 
-    // The runtime fstab: root from the verity device, both 9P shares.
+    // The runtime fstab: root from the verity device, both 9P shares. The
+    // image's fstab has only the root line, so the shares come from the
+    // corrected copy cocos-init binds over it.
+    assert!(
+        log.contains("corrected copy bound over it"),
+        "cocos-init did not correct the fstab"
+    );
     let fstab = section(&log, "--- /etc/fstab");
     let entry = |spec: &str, target: &str, kind: &str| {
         fstab.iter().any(|l| {
