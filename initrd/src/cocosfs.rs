@@ -40,7 +40,7 @@ pub const BYTES_PER_INODE: u64 = 64 * 1024;
 /// large partition must not make either unbounded.
 pub const MAX_INODES: u64 = 1 << 18;
 /// The filesystem block size and the unit of every write.
-pub const BLOCK: usize = 4096;
+pub const BLOCK: usize = cocos_imgbuild::ext4::writer::BLOCK_SIZE as usize;
 
 /// Why the filesystem could not be written.
 #[derive(Debug, Error)]

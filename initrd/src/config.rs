@@ -23,11 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-/// Where the builder puts the file in the initramfs.
-pub const CONFIG_PATH: &str = "/etc/cocos-init.toml";
-
-/// Default of [`InitConfig::device_timeout_ms`].
-pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10_000;
+/// Where the builder puts the file in the initramfs, and the default of
+/// [`InitConfig::device_timeout_ms`]: the builder's own values.
+pub use cocos_imgbuild::initramfs::{CONFIG_PATH, DEFAULT_DEVICE_TIMEOUT_MS};
 
 /// The init's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

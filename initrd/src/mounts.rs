@@ -198,12 +198,7 @@ pub fn mount_ext4(device: &Path, target: &Path, read_only: bool) -> Result<(), M
     } else {
         MsFlags::empty()
     };
-    make_dir(target, 0o755)?;
-    mount(Some(device), target, Some("ext4"), flags, None::<&str>).map_err(|e| MountError::Mount {
-        what: device.display().to_string(),
-        target: target.to_path_buf(),
-        source: e,
-    })
+    mount_fs(&device.to_string_lossy(), target, "ext4", flags, None)
 }
 
 /// A directory the read-only root must already have.
