@@ -27,7 +27,6 @@ use std::collections::HashMap;
 
 use igvm::{IgvmDirectiveHeader, IgvmFile};
 use igvm_defs::IgvmPageDataType;
-use sha2::{Digest, Sha384};
 use zerocopy::IntoBytes;
 
 use super::error::IgvmError;
@@ -126,7 +125,7 @@ pub fn launch_digest(
                     _ if flags.unmeasured() => (PageType::Unmeasured, [0; LD_SIZE]),
                     _ if data.is_empty() && native_zero => (PageType::Zero, [0; LD_SIZE]),
                     _ if data.is_empty() => (PageType::Normal, zero_page),
-                    _ => (PageType::Normal, sha384_padded(data)),
+                    _ => (PageType::Normal, crate::snp::page_info::page_sha384(data)),
                 };
                 for i in 0..pages as u64 {
                     gctx.update(page_type, gpa.wrapping_add(i * PAGE_SIZE as u64), contents);
@@ -160,7 +159,11 @@ pub fn launch_digest(
                 {
                     return Err(IgvmError::VmsaNonZeroTail { gpa: *gpa });
                 }
-                gctx.update(PageType::Vmsa, *gpa, sha384_padded(page));
+                gctx.update(
+                    PageType::Vmsa,
+                    *gpa,
+                    crate::snp::page_info::page_sha384(page),
+                );
             }
             _ => {}
         }
@@ -203,15 +206,4 @@ pub fn check_parameter_areas(file: &IgvmFile) -> Result<(), IgvmError> {
         }
     }
     Ok(())
-}
-
-/// SHA-384 of `data` zero-padded to a 4 KiB page.
-fn sha384_padded(data: &[u8]) -> [u8; LD_SIZE] {
-    if data.len() == PAGE_SIZE {
-        return Sha384::digest(data).into();
-    }
-    let mut page = [0u8; PAGE_SIZE];
-    let n = data.len().min(PAGE_SIZE);
-    page[..n].copy_from_slice(&data[..n]);
-    Sha384::digest(page).into()
 }

@@ -174,25 +174,28 @@ impl Default for GuestContext {
 /// follows is sequential.
 pub fn page_digests(data: &[u8]) -> Vec<[u8; LD_SIZE]> {
     use rayon::prelude::*;
-    let hash = |page: &[u8]| -> [u8; LD_SIZE] {
-        if page.len() == PAGE_SIZE {
-            Sha384::digest(page).into()
-        } else {
-            let mut padded = [0u8; PAGE_SIZE];
-            padded[..page.len()].copy_from_slice(page);
-            Sha384::digest(padded).into()
-        }
-    };
     // Below ~64 pages the thread hand-off costs more than it saves.
     if data.len() < 64 * PAGE_SIZE {
-        return data.chunks(PAGE_SIZE).map(hash).collect();
+        return data.chunks(PAGE_SIZE).map(page_sha384).collect();
     }
-    data.par_chunks(PAGE_SIZE).map(hash).collect()
+    data.par_chunks(PAGE_SIZE).map(page_sha384).collect()
+}
+
+/// SHA-384 of one 4 KiB page holding `data` (at most a page) followed by
+/// zeros.
+pub fn page_sha384(data: &[u8]) -> [u8; LD_SIZE] {
+    if data.len() == PAGE_SIZE {
+        return Sha384::digest(data).into();
+    }
+    let mut page = [0u8; PAGE_SIZE];
+    let n = data.len().min(PAGE_SIZE);
+    page[..n].copy_from_slice(&data[..n]);
+    Sha384::digest(page).into()
 }
 
 /// SHA-384 of one page of zeros, for data-less pages measured as NORMAL.
 pub fn zero_page_sha384() -> [u8; LD_SIZE] {
-    Sha384::digest([0u8; PAGE_SIZE]).into()
+    page_sha384(&[])
 }
 
 impl GuestContext {
@@ -247,10 +250,5 @@ impl GuestContext {
                 [0; LD_SIZE],
             );
         }
-    }
-
-    /// Adds a VMSA page at [`VMSA_GPA`].
-    pub fn update_vmsa_page(&mut self, page: &[u8; PAGE_SIZE]) {
-        self.update(PageType::Vmsa, VMSA_GPA, Sha384::digest(page).into());
     }
 }
