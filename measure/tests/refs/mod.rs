@@ -1,5 +1,6 @@
 //! Helpers for the tests against the shared reference vectors
-//! (`../shared/vectors` beside the workspace) and the PyPI reference tool.
+//! (`../shared/vectors` beside the workspace) and the reference tools
+//! (sev-snp-measure from PyPI, mosaik's MRTD, a Rust crate).
 //! A missing vector directory or tool fails the test: never a silent skip.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -66,6 +67,22 @@ pub fn sev_snp_measure() -> PathBuf {
         path.is_file(),
         "sev-snp-measure not found at {}: the side-by-side tests run it. Run \
          scripts/setup-python-refs.sh (or set SEV_SNP_MEASURE) and run again.",
+        path.display()
+    );
+    path
+}
+
+/// `mosaik-mrtd TDVF`: the TDX MRTD that mosaik 0.3.13 (a Rust crate)
+/// computes for a TDVF image. Built by `scripts/setup-python-refs.sh`;
+/// `$MOSAIK_MRTD` overrides the path.
+pub fn mosaik_mrtd() -> PathBuf {
+    let path = std::env::var_os("MOSAIK_MRTD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/cocos-mrtd-ref/bin/mosaik-mrtd"));
+    assert!(
+        path.is_file(),
+        "mosaik-mrtd not found at {}: the TDX side-by-side tests run it. Run \
+         scripts/setup-python-refs.sh (or set MOSAIK_MRTD) and run again.",
         path.display()
     );
     path
