@@ -5,7 +5,68 @@
 #
 #   scripts/test.sh                 everything
 #   FUZZ_SECONDS=0 scripts/test.sh  skip the fuzzing run (default: 30 s per target)
+#
+# The fuzzing run fails when a crate's `cargo fuzz list` fails or lists
+# nothing, and when any target fails; it ends by saying how many ran.
 set -euo pipefail
+
+# The fuzz targets of crate directory $1, one per line. Fails (and says
+# why) when `cargo fuzz list` fails or lists nothing: a fuzzing run that
+# fuzzes nothing must not pass.
+fuzz_targets() {
+  local crate=$1 list
+  if ! list="$(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list)"; then
+    echo "test.sh: \`cargo fuzz list\` failed in $crate" >&2
+    return 1
+  fi
+  if [ -z "${list//[[:space:]]/}" ]; then
+    echo "test.sh: \`cargo fuzz list\` lists no fuzz target in $crate" >&2
+    return 1
+  fi
+  printf '%s\n' "$list"
+}
+
+# Fuzzes target $2 of crate directory $1 for $3 seconds. The whole output
+# goes to $4; on success its last two lines (the final stats) are shown.
+# On failure (a crash, a leak, a timeout, a build error) the end of the
+# log, with the crash artifact's path, is shown and the function fails.
+fuzz_run() {
+  local crate=$1 target=$2 seconds=$3 log=$4 status=0
+  (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+    -max_total_time="$seconds" -max_len=131072 -print_final_stats=0) >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    tail -n 40 "$log" >&2
+    echo "test.sh: fuzz target $crate/$target failed (exit status $status); log: $log" >&2
+    return 1
+  fi
+  tail -n 2 "$log"
+}
+
+# Fuzzes every target of each crate directory given after $1 (seconds per
+# target) and $2 (the log directory), then says how many ran. The target
+# list is taken first, so that a failing `cargo fuzz list` stops the run
+# (a `for` over `$(cargo fuzz list)` would go on with nothing to fuzz).
+fuzz_all() {
+  local seconds=$1 log_dir=$2 crate target targets fuzzed=0
+  shift 2
+  for crate in "$@"; do
+    targets="$(fuzz_targets "$crate")" || return 1
+    while IFS= read -r target; do
+      [ -n "$target" ] || continue
+      echo "fuzzing $crate/$target for ${seconds}s"
+      fuzz_run "$crate" "$target" "$seconds" "$log_dir/$crate-$target.log" || return 1
+      fuzzed=$((fuzzed + 1))
+    done <<<"$targets"
+  done
+  if [ "$fuzzed" -eq 0 ]; then
+    echo "test.sh: no fuzz target ran" >&2
+    return 1
+  fi
+  echo "test.sh: fuzzed $fuzzed targets (${seconds}s each) in $*"
+}
+
+# `source scripts/test.sh` defines the functions above and runs nothing.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 cd "$(dirname "$0")/.."
 scripts/setup-host.sh
@@ -65,12 +126,8 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   MTOOLS_SKIP_CHECK=1 mmd -i "$seed_img" ::/EFI ::/EFI/BOOT
   head -c 3000 /dev/zero | tr '\0' x | MTOOLS_SKIP_CHECK=1 mcopy -i "$seed_img" - "::/EFI/BOOT/a long name.bin"
   mv "$seed_img" "$seed_dir/mkfs-seed"
-  for crate in measure imgbuild initrd; do
-    for target in $(cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
-      echo "fuzzing $crate/$target for ${fuzz_seconds}s"
-      (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
-        -max_total_time="$fuzz_seconds" -max_len=131072 -print_final_stats=0 2>&1 | tail -n 2)
-    done
-  done
+  log_dir="$PWD/target/fuzz-logs"
+  mkdir -p "$log_dir"
+  fuzz_all "$fuzz_seconds" "$log_dir" measure imgbuild initrd
 fi
 echo "test.sh: all tests passed"
