@@ -13,11 +13,12 @@
 #   qemu-system-x86 ovmf   booting disk.img (TCG) in the end-to-end tests
 #   busybox-static cpio    the test root's /sbin/init and the debug shell; cpio -t checks
 #   kmod zstd           modinfo/depmod (module order reference), compressed-module tests
+#   binutils            readelf: the ELF interpreter and DT_NEEDED reference
 set -euo pipefail
 
 packages=(cryptsetup-bin e2fsprogs dosfstools mtools gdisk fdisk grub-efi-amd64-bin grub-common
   genimage debootstrap time libcryptsetup-dev libclang-dev clang pkg-config qemu-system-x86 ovmf
-  busybox-static cpio kmod zstd)
+  busybox-static cpio kmod zstd binutils)
 
 missing=()
 for p in "${packages[@]}"; do
