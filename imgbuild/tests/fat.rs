@@ -825,8 +825,16 @@ fn read_esp_lists_exactly_the_files_written() {
         .map(|(esp, (host, bytes, _))| (esp.clone(), bytes.len() as u64, sha256sum(host)))
         .collect();
     assert_eq!(got, want);
-    // The write report agrees (same order: sorted paths).
-    assert_eq!(report.files, listing.files);
+    // The write report says the same, from the same oracle (the inputs'
+    // paths in byte order, their sizes, sha256sum's digests), and mdir
+    // lists exactly those files and their directories.
+    let reported: Vec<(String, u64, String)> = report
+        .files
+        .iter()
+        .map(|e| (e.path.clone(), e.size, e.sha256.clone()))
+        .collect();
+    assert_eq!(reported, want, "write report");
+    assert_eq!(mdir_paths(&image, offset), inputs.expected_mdir_paths());
 
     // Reading single files; lookups ignore case like FAT.
     let cfg = &inputs.files["EFI/BOOT/grub.cfg"].1;
@@ -1235,13 +1243,14 @@ fn directories_spanning_several_clusters_stay_consistent() {
         ));
     }
     files.push(bytes_file("EFI/Linux/deeper/still/deeper/x.cfg", 5));
+    // What mdir must list: the paths given, and their directories.
+    let mut want: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     let image = dir.path().join("esp.img");
     let report = write_esp(&create(&image), 0, &spec_with(files, 64 * MIB)).unwrap();
     let (count, used, total) = fsck_clean(&image);
     // label + 81 files + EFI, Linux, deeper, still, deeper
     assert_eq!(count, 1 + 81 + 5);
     assert_eq!(total - used, u64::from(report.free_clusters));
-    let mut want: Vec<String> = report.files.iter().map(|e| e.path.clone()).collect();
     want.extend(
         [
             "EFI/",
