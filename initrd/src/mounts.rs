@@ -378,16 +378,22 @@ mod tests {
     fn an_image_fstab_that_fits_is_left_alone() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join("etc")).unwrap();
-        let text = format!(
-            "{}\n{}\n{}\n",
-            crate::fstab::ROOT_ENTRY,
-            crate::fstab::CERTS_ENTRY,
-            crate::fstab::ENV_ENTRY
-        );
-        fs::write(t.path().join("etc/fstab"), &text).unwrap();
+        // What the runtime needs, written out by hand (fstab(5)): the root
+        // from dm-verity, read-only, and the two 9P shares over virtio;
+        // with a comment, other spacing and extra options, all kept.
+        let text = "# The image's fstab.\n\
+                    /dev/mapper/root_verity  /  ext4  ro,noatime  0 0\n\
+                    proc /proc proc defaults 0 0\n\
+                    certs_share /etc/certs 9p trans=virtio,version=9p2000.L,cache=mmap,nofail 0 0\n\
+                    env_share\t/etc/cocos\t9p\ttrans=virtio,version=9p2000.L\t0 0\n";
+        fs::write(t.path().join("etc/fstab"), text).unwrap();
         let copy = t.path().join("run/fstab");
         assert_eq!(install_fstab(t.path(), &copy).unwrap(), FstabOutcome::Kept);
         assert!(!copy.exists());
+        assert_eq!(
+            fs::read_to_string(t.path().join("etc/fstab")).unwrap(),
+            text
+        );
     }
 
     #[test]
