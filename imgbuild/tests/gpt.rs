@@ -641,8 +641,9 @@ fn same_layout_same_bytes() {
     );
 }
 
-/// The same table built by sgdisk: read_gpt reads it, and the GPT bytes
-/// (LBA 1 onwards, and the backup) equal ours.
+/// The same table built by sgdisk on a zeroed disk: read_gpt reads it,
+/// and the bytes of the protective MBR (LBA 0), the primary GPT (LBAs
+/// 1–33) and the backup equal ours.
 #[test]
 fn table_written_by_sgdisk_reads_the_same_and_matches_bytes() {
     let layout = product_layout();
@@ -668,6 +669,18 @@ fn table_written_by_sgdisk_reads_the_same_and_matches_bytes() {
     let ours = written(&layout);
     let (their_head, their_tail) = gpt_regions(tmp.as_file(), layout.disk_size);
     let (our_head, our_tail) = gpt_regions(ours.as_file(), layout.disk_size);
+    // LBA 0, the protective MBR. On a zeroed disk sgdisk leaves the boot
+    // code, the disk signature and three records zero, and writes one
+    // record of type 0xEE (starting CHS 0x000200, ending CHS 0xFFFFFF for
+    // a disk this large, first LBA 1, size the disk's LBAs minus one) and
+    // the 0x55AA signature. (On a disk whose LBA 0 held something, sgdisk
+    // keeps the old boot code and disk signature; ours writes zeros, so
+    // that the same layout gives the same bytes: hence the zeroed disk.)
+    let differ: Vec<usize> = (0..512).filter(|&i| their_head[i] != our_head[i]).collect();
+    assert!(
+        differ.is_empty(),
+        "protective MBR differs from sgdisk's at bytes {differ:?}"
+    );
     assert_eq!(their_head[512..], our_head[512..], "primary GPT differs");
     assert_eq!(their_tail, our_tail, "backup GPT differs");
 }
