@@ -1,7 +1,7 @@
 //! `cocos-measure snp` on every row of `snp_ovmf_shared.jsonl` (digests of
 //! sev-snp-measure 0.0.13): each `ok` row prints the recorded digest and
-//! dumps VMSAs with the recorded SHA-384s; each `error` row exits non-zero
-//! with a message of its own.
+//! dumps VMSAs with the recorded SHA-384s; each `error` row is refused for
+//! the reason the reference gave, in a message of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod refs;
@@ -82,12 +82,78 @@ fn every_ok_row_prints_the_reference_digest() {
     assert!(checked >= 60, "only {checked} ok rows found");
 }
 
+/// Why sev-snp-measure refuses a row (a fragment of the stderr the row
+/// records) and the same reason in our message. A row whose recorded error
+/// is not listed fails the test: a new refusal needs its reason here.
+const REFUSALS: &[(&str, &str)] = &[
+    (
+        "OVMF metadata doesn't include SNP_KERNEL_HASHES section",
+        "this OVMF has no SNP_KERNEL_HASHES section",
+    ),
+    (
+        "OVMF doesn't support kernel/initrd/cmdline measurement",
+        "this OVMF has no kernel-hashes table",
+    ),
+    ("missing --vcpus N", "--vcpus N is required"),
+    (
+        "missing --vcpu-type or --vcpu-sig or --vcpu-family",
+        "needs the vCPU signature",
+    ),
+    (
+        "--kernel required when using --append",
+        "--append needs --kernel",
+    ),
+    (
+        "argument --vcpu-type: invalid choice: 'EPYC-Foo'",
+        "invalid value 'EPYC-Foo' for '--vcpu-type",
+    ),
+    (
+        "snp:svsm mode requires --vars-size or --vars-file",
+        "--mode snp:svsm needs --vars-size SIZE or --vars-file PATH",
+    ),
+    (
+        "SVSM mode is only implemented for Qemu",
+        "--mode snp:svsm is modelled for QEMU only",
+    ),
+    (
+        "SNP OVMF hash only works with SNP",
+        "--snp-ovmf-hash applies only to --mode snp",
+    ),
+    (
+        "non-hexadecimal number found in fromhex()",
+        "--snp-ovmf-hash: expected 96 hex digits (a SHA-384 digest): not a hexadecimal string",
+    ),
+    // A 32-byte hash makes the PAGE_INFO too short for its assertion.
+    (
+        "assert len(page_info) == page_info_len",
+        "--snp-ovmf-hash: expected 96 hex digits (a SHA-384 digest): 32 bytes",
+    ),
+    (
+        "--dump-vmsa is not availibe in the selected mode",
+        "--dump-vmsa: --mode sev measures no VMSA",
+    ),
+    (
+        "the following arguments are required: --mode",
+        "the following required arguments were not provided:\n  --mode",
+    ),
+];
+
+/// Each error row is refused as sev-snp-measure refuses it: exit status 2
+/// (could not run), nothing on stdout, and a message giving the reason the
+/// reference gave, so a refusal for another reason fails.
 #[test]
-fn every_error_row_is_rejected_with_a_message() {
+fn every_error_row_is_refused_for_the_reference_reason() {
     let rows = rows("snp_ovmf_shared.jsonl");
-    let mut checked = 0;
+    let mut used = vec![0; REFUSALS.len()];
     for row in rows.iter().filter(|r| s(r, "status") == Some("error")) {
         let id = s(row, "id").unwrap();
+        let reference = s(row, "stderr").unwrap();
+        let (class, (_, why)) = REFUSALS
+            .iter()
+            .enumerate()
+            .find(|(_, (theirs, _))| reference.contains(theirs))
+            .unwrap_or_else(|| panic!("{id}: no reason listed for {reference:?}"));
+        used[class] += 1;
         let dir = tempfile::tempdir().unwrap();
         let out = cocos_measure()
             .args(our_args(row, None))
@@ -95,20 +161,24 @@ fn every_error_row_is_rejected_with_a_message() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "{id}: accepted, printed {:?}",
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{id}: not refused: stdout {:?}, stderr {stderr}",
             String::from_utf8_lossy(&out.stdout)
         );
         assert!(out.stdout.is_empty(), "{id}: printed a digest on error");
         assert!(!stderr.contains("panicked"), "{id}: panicked: {stderr}");
         assert!(
-            stderr.trim().len() > 20,
-            "{id}: no clear message: {stderr:?}"
+            stderr.contains(why),
+            "{id}: refused, but not because {why:?}: {stderr}"
         );
-        checked += 1;
     }
-    assert!(checked >= 10, "only {checked} error rows found");
+    assert!(
+        used.iter().all(|&n| n > 0),
+        "reasons no row needs: {used:?}"
+    );
+    assert!(used.iter().sum::<usize>() >= 10, "only {used:?} error rows");
 }
 
 /// The reference's behaviours worth copying (vectors README, section 1),
