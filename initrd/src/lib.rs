@@ -27,7 +27,9 @@
 //! # Ok::<(), cmdline::CmdlineError>(())
 //! ```
 
-pub mod cmdline;
+/// The kernel command line, parsed by the code `cocos-imgbuild inspect`
+/// also uses (it lives in `cocos-measure`, the verifier's crate).
+pub use cocos_measure::cmdline;
 pub mod cocosfs;
 pub mod config;
 pub mod devmapper;

@@ -7,6 +7,8 @@
 //!   (and COCONUT-SVSM boots), bit-identical to sev-snp-measure.
 //! - [`igvm`]: SEV-SNP launch digests and TDX MRTD of IGVM files.
 //! - [`idblock`]: SEV-SNP ID blocks and their signatures.
+//! - [`cmdline`]: the kernel command line cocos-init boots with
+//!   (`roothash=` and its options), as the VM and a verifier both read it.
 //!
 //! The binary `cocos-measure` is a thin command-line front over this
 //! library; build with `default-features = false` to use the library
@@ -14,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cmdline;
 pub mod idblock;
 pub mod igvm;
 pub mod snp;

@@ -1,4 +1,8 @@
-//! The kernel command line: what cocos-init reads from `/proc/cmdline`.
+//! The kernel command line: what cocos-init reads from `/proc/cmdline`,
+//! and what a verifier reads from the GRUB configuration of an image
+//! (`cocos-imgbuild inspect`). Both use this one parser, so the root hash a
+//! verifier checks is the one the VM boots with, under the same rules
+//! (case, duplicates, accepted lengths).
 //!
 //! | parameter | meaning |
 //! | --- | --- |
