@@ -86,7 +86,8 @@ impl Case {
     }
 
     /// Formats with both tools and asserts identical results; returns the
-    /// number of levels veritysetup's tree has.
+    /// number of levels veritysetup's tree has (from its `--debug` line
+    /// "Using N hash levels."), which ours must have too.
     fn check(&self) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -104,8 +105,14 @@ impl Case {
             let len = (self.hash_offset + 512).next_multiple_of(page);
             std::fs::write(dir.path().join("reference"), vec![0u8; len as usize]).unwrap();
         }
-        let out = run_veritysetup(dir.path(), &self.veritysetup_args("data", "reference"));
+        let mut args = self.veritysetup_args("data", "reference");
+        args.push("--debug".into());
+        let out = run_veritysetup(dir.path(), &args);
         let reference_root = field(&out.stdout, "Root hash:");
+        let reference_levels = field(&out.stdout, "# Using ")
+            .strip_suffix(" hash levels.")
+            .and_then(|n| n.parse::<usize>().ok())
+            .expect("veritysetup --debug names its hash levels");
 
         let ours = dir.path().join("ours");
         let (report, _) = verity::format(&data, &ours, &self.options(), &|_| {}).unwrap();
@@ -126,7 +133,11 @@ impl Case {
             report.hash_blocks.to_string(),
             field(&out.stdout, "Hash blocks:")
         );
-        report.levels
+        assert_eq!(
+            report.levels, reference_levels,
+            "levels differ for {self:?}"
+        );
+        reference_levels
     }
 }
 
