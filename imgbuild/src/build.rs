@@ -448,6 +448,9 @@ pub fn build(
             });
         }
     }
+    // A command line GRUB would rewrite would boot with something else than
+    // what the manifest and inspect report: refuse it before writing.
+    grub::check_cmdline_text(&cfg.cmdline).map_err(GrubError::from)?;
     if let Bootloader::Prebuilt(path) = &cfg.bootloader {
         if !path.exists() {
             return Err(BuildError::MissingInput {

@@ -3,12 +3,16 @@
 //! The configuration carries the kernel command line with `roothash=`.
 //! It is embedded in the GRUB image (`grub-mkimage -c`), so the root hash is
 //! part of the measured bootloader; a copy is also put at
-//! `EFI/BOOT/grub.cfg` for people and for `cocos-imgbuild inspect`.
+//! `EFI/BOOT/grub.cfg`, which GRUB reads only when the image embeds no
+//! configuration (a prebuilt `--bootloader`). [`efi_image`] reads both back
+//! out of an image for `cocos-imgbuild inspect`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use thiserror::Error;
+
+pub mod efi_image;
 
 /// Kernel file name on the ESP.
 pub const KERNEL_PATH: &str = "bzImage";
@@ -52,6 +56,45 @@ pub enum GrubError {
     /// A file in the temporary directory could not be written.
     #[error("cannot prepare the GRUB configuration")]
     Io(#[from] std::io::Error),
+    /// The kernel command line has characters GRUB's script parser would
+    /// change before the kernel sees them.
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineTextError),
+}
+
+/// Characters GRUB's script parser interprets on a `linux` line
+/// (variables, quoting, escapes, command separators, comments, blocks):
+/// with any of them the kernel would not receive the text as written.
+pub const GRUB_SPECIAL: &[char] = &[
+    '$', '\\', '"', '\'', ';', '&', '|', '<', '>', '{', '}', '#', '`',
+];
+
+/// A kernel command line GRUB would not pass on unchanged.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error(
+    "kernel command line {cmdline:?}: {found:?} is interpreted by GRUB's script parser, so the kernel would not receive this text (allowed: printable ASCII without {})",
+    GRUB_SPECIAL.iter().collect::<String>()
+)]
+pub struct CmdlineTextError {
+    /// The command line.
+    pub cmdline: String,
+    /// The first character that is not allowed.
+    pub found: char,
+}
+
+/// Checks that GRUB passes `cmdline` to the kernel exactly as written:
+/// printable ASCII, spaces, no [`GRUB_SPECIAL`] character.
+pub fn check_cmdline_text(cmdline: &str) -> Result<(), CmdlineTextError> {
+    match cmdline
+        .chars()
+        .find(|&c| !(c == ' ' || c.is_ascii_graphic()) || GRUB_SPECIAL.contains(&c))
+    {
+        Some(found) => Err(CmdlineTextError {
+            cmdline: cmdline.into(),
+            found,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The kernel command line: the root hash, systemd's verity and GPT
@@ -85,7 +128,38 @@ pub fn config(cmdline: &str) -> String {
     )
 }
 
-/// The kernel command line written in a GRUB configuration (for inspect).
+/// Why a GRUB configuration is not one whose kernel command line can be
+/// vouched for.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No `linux` line.
+    #[error("no linux line")]
+    NoLinuxLine,
+    /// Anything besides the commands [`config`] writes, which could change
+    /// what GRUB boots (another `linux` line, a condition, a variable).
+    #[error(
+        "it is not the configuration cocos-imgbuild writes for its linux line (other commands could change what boots)"
+    )]
+    NotOurs,
+    /// The command line itself would be changed by GRUB.
+    #[error(transparent)]
+    Text(#[from] CmdlineTextError),
+}
+
+/// The kernel command line GRUB boots with from `config`, when `config` is
+/// exactly what [`config`] writes for it (nothing added, nothing changed)
+/// and GRUB passes the line on unchanged.
+pub fn boot_cmdline(config_text: &str) -> Result<String, ConfigError> {
+    let line = cmdline_of(config_text).ok_or(ConfigError::NoLinuxLine)?;
+    if config(&line) != config_text {
+        return Err(ConfigError::NotOurs);
+    }
+    check_cmdline_text(&line)?;
+    Ok(line)
+}
+
+/// The kernel command line written on the first `linux` line of a GRUB
+/// configuration. Lenient: [`boot_cmdline`] is the checked reading.
 pub fn cmdline_of(config: &str) -> Option<String> {
     config.lines().find_map(|l| {
         let l = l.trim();
@@ -144,5 +218,43 @@ mod tests {
             "roothash=ab12 systemd.verity=0 systemd.gpt_auto=0 console=ttyS0"
         );
         assert_eq!(cmdline_of(&config(&line)).as_deref(), Some(line.as_str()));
+        assert_eq!(boot_cmdline(&config(&line)), Ok(line));
+    }
+
+    #[test]
+    fn only_our_own_configuration_is_vouched_for() {
+        let line = kernel_cmdline("ab12", "console=ttyS0");
+        let ours = config(&line);
+        assert_eq!(
+            boot_cmdline("set timeout=0\n"),
+            Err(ConfigError::NoLinuxLine)
+        );
+        // A second linux line, a condition, a trailing command: refused.
+        for extra in [
+            "linux /bzImage roothash=ffff\n",
+            "if true; then linux /bzImage roothash=ffff; fi\n",
+            "set root=(hd1)\n",
+        ] {
+            assert_eq!(
+                boot_cmdline(&format!("{ours}{extra}")),
+                Err(ConfigError::NotOurs),
+                "{extra:?}"
+            );
+            assert_eq!(
+                boot_cmdline(&format!("{extra}{ours}")),
+                Err(ConfigError::NotOurs),
+                "{extra:?}"
+            );
+        }
+        // A line GRUB would rewrite ($var, quotes) is refused even in
+        // a configuration of our shape.
+        for bad in ["roothash=$h", "a=\"b c\"", "x;boot", "é"] {
+            assert!(
+                matches!(boot_cmdline(&config(bad)), Err(ConfigError::Text(_))),
+                "{bad:?}"
+            );
+            assert!(check_cmdline_text(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_cmdline_text("console=ttyS0,115200n8 quiet a=b/c:d").is_ok());
     }
 }

@@ -1,23 +1,30 @@
 //! `cocos-imgbuild inspect`: what is in a `disk.img`, and whether its root
 //! still matches the root hash it boots with.
 //!
-//! The root hash is taken from the kernel command line in the ESP's
-//! `grub.cfg` (what GRUB passes to the kernel). The root partition is hashed
-//! again from scratch with the parameters of the hash partition's
-//! superblock; the result must equal that root hash and the stored tree,
-//! and the partition GUIDs must be the root hash's halves.
+//! The root hash is taken from the configuration GRUB actually boots with:
+//! the one embedded in `EFI/BOOT/BOOTX64.EFI` (read out of its `mods`
+//! section, [`grub::efi_image`]), or, for a GRUB without one, the
+//! `$prefix/grub.cfg` its normal mode reads. That configuration must be
+//! exactly what cocos-imgbuild writes for its `linux` line, and the line is
+//! parsed by the code cocos-init uses in the VM
+//! ([`cocos_measure::cmdline`]). The ESP copy `EFI/BOOT/grub.cfg` must agree
+//! with an embedded configuration. The root partition is hashed again from
+//! scratch with the parameters of the hash partition's superblock; the
+//! result must equal that root hash and the stored tree, and the partition
+//! GUIDs must be the ones [`gpt::verity_partition_uuids`] derives from it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use cocos_measure::cmdline;
 use cocos_measure::verity::{HashAreaLayout, HashTreeBuilder, Superblock};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::fat::{self, EspEntry};
-use crate::gpt::{self, DiskLayout};
-use crate::grub;
+use crate::fat::{self, EspEntry, FatError};
+use crate::gpt::{self, DiskLayout, PlacedPartition};
+use crate::grub::{self, efi_image};
 
 /// Why a disk could not be inspected.
 #[derive(Debug, Error)]
@@ -39,6 +46,22 @@ pub enum InspectError {
     /// Something the image must have is missing.
     #[error("{0}")]
     Missing(String),
+    /// The verity superblock describes more than its partitions hold.
+    #[error(
+        "{path}: partition {partition} (root-verity): the dm-verity superblock {claim}, more than the {available}-byte {what}"
+    )]
+    Overrun {
+        /// The disk.
+        path: String,
+        /// Number of the hash partition.
+        partition: u32,
+        /// What the superblock claims.
+        claim: String,
+        /// Bytes available.
+        available: u64,
+        /// Where they were expected.
+        what: &'static str,
+    },
 }
 
 /// The result of a re-verification.
@@ -52,6 +75,22 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
+/// Where GRUB takes the configuration it boots with.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootConfig {
+    /// The file holding it on the ESP (`EFI/BOOT/BOOTX64.EFI` when it is
+    /// embedded, else the `grub.cfg` normal mode reads).
+    pub file: String,
+    /// Whether it is embedded in the GRUB image (and so measured with it).
+    pub embedded: bool,
+    /// GRUB's embedded `$prefix`, when there is one.
+    pub prefix: Option<String>,
+    /// For an embedded configuration: whether the ESP copy
+    /// `EFI/BOOT/grub.cfg` is identical (`None` when there is no copy or
+    /// when the copy is itself what GRUB reads).
+    pub esp_copy_agrees: Option<bool>,
+}
+
 /// What `inspect` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
@@ -59,10 +98,14 @@ pub struct Inspection {
     pub partitions: DiskLayout,
     /// Files on the ESP.
     pub esp_files: Vec<EspEntry>,
-    /// Kernel command line found in `EFI/BOOT/grub.cfg`.
-    pub kernel_cmdline: String,
+    /// Where GRUB's configuration comes from (`None` when the GRUB image
+    /// cannot be read).
+    pub boot_config: Option<BootConfig>,
+    /// Kernel command line GRUB boots with (`None` when it cannot be
+    /// determined: see the problems).
+    pub kernel_cmdline: Option<String>,
     /// Root hash on that command line.
-    pub root_hash: String,
+    pub root_hash: Option<String>,
     /// Verity algorithm, block sizes, data blocks, salt, UUID.
     pub verity: serde_json::Value,
     /// The re-verification.
@@ -85,34 +128,30 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
             .ok_or_else(|| InspectError::Missing(format!("{path}: no partition named {name:?}")))
     };
     let (esp, root, verity) = (part("esp")?, part("root")?, part("root-verity")?);
+    let mut problems = Vec::new();
 
     let listing = fat::read_esp(&file, esp.offset, esp.size)?;
-    let cfg = fat::read_esp_file(&file, esp.offset, esp.size, grub::CONFIG_PATH)?;
-    let cfg = String::from_utf8_lossy(&cfg).into_owned();
-    let cmdline = grub::cmdline_of(&cfg).ok_or_else(|| {
-        InspectError::Missing(format!("{path}: no linux line in EFI/BOOT/grub.cfg"))
-    })?;
-    let root_hash = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("roothash="))
-        .ok_or_else(|| {
-            InspectError::Missing(format!("{path}: no roothash= on the kernel command line"))
-        })?
-        .to_owned();
+    let boot = boot_configuration(&file, &esp, &mut problems)?;
+    let kernel_cmdline = boot.as_ref().and_then(|(cfg, text)| {
+        grub::boot_cmdline(text)
+            .map_err(|e| problems.push(format!("{}: {e}", describe(cfg))))
+            .ok()
+    });
+    let params = kernel_cmdline.as_ref().and_then(|line| {
+        cmdline::parse(line)
+            .map_err(|e| problems.push(format!("the kernel command line GRUB boots with: {e}")))
+            .ok()
+    });
 
     let mut sb_bytes = [0u8; 512];
     file.read_exact_at(&mut sb_bytes, verity.offset)
         .map_err(io)?;
-    let mut problems = Vec::new();
-    let sb = match Superblock::parse(&sb_bytes) {
-        Ok(sb) => sb,
-        Err(e) => {
-            return Err(InspectError::Missing(format!(
-                "{path}: partition {} (root-verity): invalid dm-verity superblock: {e}",
-                verity.number
-            )));
-        }
-    };
+    let sb = Superblock::parse(&sb_bytes).map_err(|e| {
+        InspectError::Missing(format!(
+            "{path}: partition {} (root-verity): invalid dm-verity superblock: {e}",
+            verity.number
+        ))
+    })?;
     let verity_json = serde_json::json!({
         "algorithm": sb.params.algorithm,
         "data_block_size": sb.params.data_block_size,
@@ -122,19 +161,28 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
         "uuid": sb.uuid,
     });
 
-    // Hash the root partition again.
+    // The superblock must describe no more than the partitions hold, or
+    // the rehash would read past them.
     let bs = sb.params.data_block_size.bytes_u64();
-    let data_len = sb.data_blocks * bs;
-    if data_len > root.size {
-        problems.push(format!(
-            "the superblock covers {data_len} bytes but the root partition has {}",
-            root.size
-        ));
-    }
+    let data_len = sb
+        .data_blocks
+        .checked_mul(bs)
+        .filter(|&n| n <= root.size)
+        .ok_or_else(|| InspectError::Overrun {
+            path: path.clone(),
+            partition: verity.number,
+            claim: format!("covers {} data blocks of {bs} bytes", sb.data_blocks),
+            available: root.size,
+            what: "root partition",
+        })?;
+    let tree_layout = HashAreaLayout::new(0, true, sb.params.hash_block_size)
+        .map_err(|e| InspectError::Missing(e.to_string()))?;
+
+    // Hash the root partition again.
     let mut builder = HashTreeBuilder::with_capacity(sb.params.clone(), sb.data_blocks);
     let mut buf = vec![0u8; 8 << 20];
     let mut done = 0u64;
-    while done < data_len.min(root.size) {
+    while done < data_len {
         let n = (data_len - done).min(buf.len() as u64) as usize;
         file.read_exact_at(&mut buf[..n], root.offset + done)
             .map_err(io)?;
@@ -143,47 +191,191 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
     }
     let computed = match builder.finish() {
         Ok(tree) => {
-            let layout = HashAreaLayout::new(0, true, sb.params.hash_block_size)
-                .map_err(|e| InspectError::Missing(e.to_string()))?;
+            let tree_len = tree.as_bytes().len() as u64;
+            if tree_layout.tree_offset + tree_len > verity.size {
+                return Err(InspectError::Overrun {
+                    path,
+                    partition: verity.number,
+                    claim: format!(
+                        "needs a hash tree of {tree_len} bytes at offset {}",
+                        tree_layout.tree_offset
+                    ),
+                    available: verity.size,
+                    what: "root-verity partition",
+                });
+            }
             let mut stored = vec![0u8; tree.as_bytes().len()];
-            file.read_exact_at(&mut stored, verity.offset + layout.tree_offset)
+            file.read_exact_at(&mut stored, verity.offset + tree_layout.tree_offset)
                 .map_err(io)?;
             if stored != tree.as_bytes() {
-                problems.push("the stored hash tree differs from the root partition's".into());
+                problems.push(format!(
+                    "partition {} (root-verity): the stored hash tree differs from the one the root partition hashes to",
+                    verity.number
+                ));
             }
-            tree.root_hash().to_hex()
+            Some(tree.root_hash().clone())
         }
         Err(e) => {
             problems.push(format!("cannot hash the root partition: {e}"));
-            String::new()
+            None
         }
     };
-    if computed != root_hash {
-        problems.push(format!(
-            "the root partition hashes to {computed}, not to the roothash= {root_hash} GRUB boots with"
-        ));
-    }
-    let halves = (root_hash.len() == 64).then(|| (&root_hash[..32], &root_hash[32..]));
-    let simple = |u: uuid::Uuid| u.simple().to_string();
-    if halves
-        != Some((
-            &simple(root.unique_guid)[..],
-            &simple(verity.unique_guid)[..],
-        ))
-    {
-        problems
-            .push("the root and root-verity partition GUIDs are not the root hash halves".into());
+
+    if let (Some(params), Some((cfg, _))) = (&params, &boot) {
+        let expected = &params.root_hash;
+        if let Some(computed) = &computed {
+            if computed.as_bytes() != expected.as_slice() {
+                problems.push(format!(
+                    "partition {} (root) hashes to {computed}, not to the roothash={} in {}, which GRUB boots with",
+                    root.number,
+                    params.root_hash_hex,
+                    describe(cfg)
+                ));
+            }
+        }
+        let (root_guid, verity_guid) = gpt::verity_partition_uuids(expected);
+        for (p, want) in [(&root, root_guid), (&verity, verity_guid)] {
+            if p.unique_guid != want {
+                problems.push(format!(
+                    "partition {} ({}) has GUID {}, but roothash={} gives {want}",
+                    p.number, p.name, p.unique_guid, params.root_hash_hex
+                ));
+            }
+        }
     }
     Ok(Inspection {
         partitions: layout,
         esp_files: listing.files,
-        kernel_cmdline: cmdline,
-        root_hash,
+        boot_config: boot.map(|(cfg, _)| cfg),
+        kernel_cmdline,
+        root_hash: params.map(|p| p.root_hash_hex),
         verity: verity_json,
         verification: Verification {
             ok: problems.is_empty(),
-            computed_root_hash: computed,
+            computed_root_hash: computed.map(|h| h.to_hex()).unwrap_or_default(),
             problems,
         },
     })
+}
+
+/// "the configuration embedded in EFI/BOOT/BOOTX64.EFI" or "EFI/BOOT/grub.cfg".
+fn describe(cfg: &BootConfig) -> String {
+    if cfg.embedded {
+        format!("the configuration embedded in {}", cfg.file)
+    } else {
+        cfg.file.clone()
+    }
+}
+
+/// The configuration GRUB boots with and its text, or `None` with the
+/// reason added to `problems`.
+fn boot_configuration(
+    file: &File,
+    esp: &PlacedPartition,
+    problems: &mut Vec<String>,
+) -> Result<Option<(BootConfig, String)>, InspectError> {
+    let read = |p: &str| match fat::read_esp_file(file, esp.offset, esp.size, p) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(FatError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(InspectError::Fat(e)),
+    };
+    let Some(image) = read(grub::BOOTLOADER_PATH)? else {
+        problems.push(format!(
+            "no {} on the ESP: nothing for the firmware to boot",
+            grub::BOOTLOADER_PATH
+        ));
+        return Ok(None);
+    };
+    let image = match efi_image::GrubImage::parse(&image) {
+        Ok(image) => image,
+        Err(e) => {
+            problems.push(format!(
+                "{}: {e}; cannot tell what it boots with",
+                grub::BOOTLOADER_PATH
+            ));
+            return Ok(None);
+        }
+    };
+    let copy = read(grub::CONFIG_PATH)?;
+    if let Some(embedded) = image.config {
+        let mut cfg = BootConfig {
+            file: grub::BOOTLOADER_PATH.into(),
+            embedded: true,
+            prefix: image.prefix,
+            esp_copy_agrees: None,
+        };
+        if let Some(copy) = copy {
+            let agrees = copy == embedded.as_bytes();
+            cfg.esp_copy_agrees = Some(agrees);
+            if !agrees {
+                problems.push(format!(
+                    "{} differs from the configuration embedded in {}, which GRUB boots with: {}",
+                    grub::CONFIG_PATH,
+                    grub::BOOTLOADER_PATH,
+                    first_difference(&embedded, &String::from_utf8_lossy(&copy))
+                ));
+            }
+        }
+        return Ok(Some((cfg, embedded)));
+    }
+    // No embedded configuration: normal mode reads $prefix/grub.cfg.
+    let image_dir = grub::BOOTLOADER_PATH
+        .rsplit_once('/')
+        .map_or("", |(dir, _)| dir);
+    let path = match efi_image::config_file(image.prefix.as_deref(), image_dir) {
+        efi_image::ConfigFile::OnEsp(path) => path,
+        efi_image::ConfigFile::OnDevice { prefix } => {
+            problems.push(format!(
+                "{} embeds no configuration and its prefix {prefix:?} names a device: GRUB reads its grub.cfg there, which inspect cannot check",
+                grub::BOOTLOADER_PATH
+            ));
+            return Ok(None);
+        }
+    };
+    let bytes = if path.eq_ignore_ascii_case(grub::CONFIG_PATH) {
+        copy
+    } else {
+        read(&path)?
+    };
+    let cfg = BootConfig {
+        file: path.clone(),
+        embedded: false,
+        prefix: image.prefix,
+        esp_copy_agrees: None,
+    };
+    match bytes {
+        Some(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => Ok(Some((cfg, text))),
+            Err(_) => {
+                problems.push(format!("{path}: not UTF-8 text"));
+                Ok(None)
+            }
+        },
+        None => {
+            problems.push(format!(
+                "{} embeds no configuration, so GRUB reads {path}, which is not on the ESP",
+                grub::BOOTLOADER_PATH
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The first line where two texts differ, for a problem line.
+fn first_difference(booted: &str, copy: &str) -> String {
+    let (mut a, mut b) = (booted.lines(), copy.lines());
+    for n in 1.. {
+        match (a.next(), b.next()) {
+            (Some(x), Some(y)) if x == y => continue,
+            (None, None) => break,
+            (x, y) => {
+                return format!(
+                    "line {n} is {:?} there and {:?} in the copy",
+                    x.unwrap_or("(none)"),
+                    y.unwrap_or("(none)")
+                );
+            }
+        }
+    }
+    "they differ in line endings or trailing bytes".into()
 }

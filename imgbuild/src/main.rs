@@ -559,9 +559,32 @@ fn run_inspect(disk: &Path, json: bool) -> Result<ExitCode> {
         for f in &r.esp_files {
             println!("  {:<24} {:>10} bytes  sha256 {}", f.path, f.size, f.sha256);
         }
-        println!("Kernel cmdline: {}", r.kernel_cmdline);
+        let unknown = || "(unknown: see below)".to_owned();
+        if let Some(cfg) = &r.boot_config {
+            let copy = match cfg.esp_copy_agrees {
+                Some(true) => "; the ESP copy EFI/BOOT/grub.cfg agrees",
+                Some(false) => "; the ESP copy EFI/BOOT/grub.cfg DIFFERS",
+                None => "",
+            };
+            println!(
+                "GRUB config:    {} ({}){copy}",
+                cfg.file,
+                if cfg.embedded {
+                    "embedded, measured with the bootloader"
+                } else {
+                    "read from the ESP by normal mode, not measured"
+                }
+            );
+        }
+        println!(
+            "Kernel cmdline: {}",
+            r.kernel_cmdline.clone().unwrap_or_else(unknown)
+        );
         println!("Verity:         {}", r.verity);
-        println!("Root hash:      {}", r.root_hash);
+        println!(
+            "Root hash:      {}",
+            r.root_hash.clone().unwrap_or_else(unknown)
+        );
         if r.verification.ok {
             println!("Root verified:  the root partition hashes to the root hash");
         }

@@ -448,6 +448,242 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not to the roothash="));
 }
 
+fn inspect_json(disk: &Path) -> (Option<i32>, serde_json::Value, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        .args(["inspect", "--json"])
+        .arg(disk)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code(), v, stderr)
+}
+
+/// `mtools`' image argument for the ESP (partition 1) of `disk`.
+fn esp_arg(disk: &Path) -> String {
+    format!("{}@@{}", disk.display(), partition(disk, 1).0)
+}
+
+/// A file of the ESP, read with mtools.
+fn esp_get(disk: &Path, path: &str) -> Vec<u8> {
+    run_ok(
+        tool("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(esp_arg(disk))
+            .arg(format!("::/{path}")),
+    )
+    .stdout
+}
+
+/// Replaces a file of the ESP with mtools.
+fn esp_put(disk: &Path, path: &str, bytes: &[u8]) {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), bytes).unwrap();
+    run_ok(
+        tool("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i"])
+            .arg(esp_arg(disk))
+            .arg(tmp.path())
+            .arg(format!("::/{path}")),
+    );
+}
+
+/// `bytes` with the first hex digit after every `roothash=` changed; panics
+/// when there is none.
+fn flip_root_hash_digit(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let needle = b"roothash=";
+    let mut found = 0;
+    for i in 0..out.len().saturating_sub(needle.len()) {
+        if &out[i..i + needle.len()] == needle {
+            let d = &mut out[i + needle.len()];
+            *d = if *d == b'0' { b'1' } else { b'0' };
+            found += 1;
+        }
+    }
+    assert_eq!(found, 1, "expected one roothash= in the file");
+    out
+}
+
+/// GRUB boots with the configuration embedded in BOOTX64.EFI, not with
+/// the ESP copy: a root hash changed in either one alone is caught, and
+/// the line says which file differs.
+#[test]
+fn inspect_checks_the_configuration_grub_boots_with() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let summary = build(&inp, &inp.tree_a, &out, "1700000000", SEED);
+    let disk = out.join("disk.img");
+    let (code, v, stderr) = inspect_json(&disk);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["boot_config"]["file"], "EFI/BOOT/BOOTX64.EFI");
+    assert_eq!(v["boot_config"]["embedded"], true);
+    assert_eq!(v["boot_config"]["prefix"], "/EFI/BOOT");
+    assert_eq!(v["boot_config"]["esp_copy_agrees"], true);
+    let root_hash = summary["root_hash"].as_str().unwrap();
+    assert_eq!(v["root_hash"], root_hash);
+
+    // The embedded configuration alone: the copy still carries the right
+    // root hash, but GRUB boots with the other one.
+    let embedded = work.path().join("embedded.img");
+    fs::copy(&disk, &embedded).unwrap();
+    let efi = esp_get(&embedded, "EFI/BOOT/BOOTX64.EFI");
+    esp_put(
+        &embedded,
+        "EFI/BOOT/BOOTX64.EFI",
+        &flip_root_hash_digit(&efi),
+    );
+    let (code, v, stderr) = inspect_json(&embedded);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(v["boot_config"]["esp_copy_agrees"], false);
+    assert_ne!(v["root_hash"], root_hash);
+    assert!(
+        stderr.contains(
+            "EFI/BOOT/grub.cfg differs from the configuration embedded in EFI/BOOT/BOOTX64.EFI"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "partition 2 (root) hashes to {root_hash}, not to the roothash={} in the configuration embedded in EFI/BOOT/BOOTX64.EFI",
+            v["root_hash"].as_str().unwrap()
+        )),
+        "{stderr}"
+    );
+    // The digit changed is in the first half: the root partition's GUID.
+    assert!(
+        stderr.contains("partition 2 (root) has GUID")
+            && !stderr.contains("partition 3 (root-verity) has GUID"),
+        "{stderr}"
+    );
+
+    // The copy alone: GRUB boots the right root, but the copy disagrees.
+    let copy = work.path().join("copy.img");
+    fs::copy(&disk, &copy).unwrap();
+    let cfg = esp_get(&copy, "EFI/BOOT/grub.cfg");
+    esp_put(&copy, "EFI/BOOT/grub.cfg", &flip_root_hash_digit(&cfg));
+    let (code, v, stderr) = inspect_json(&copy);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(v["root_hash"], root_hash, "the embedded root hash is read");
+    let problems = v["verification"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let line = problems[0].as_str().unwrap();
+    assert!(
+        line.starts_with(
+            "EFI/BOOT/grub.cfg differs from the configuration embedded in EFI/BOOT/BOOTX64.EFI, which GRUB boots with: line 4"
+        ) && line.contains(&format!("roothash={root_hash}")),
+        "{line}"
+    );
+}
+
+/// A prebuilt GRUB without an embedded configuration (`--bootloader`):
+/// inspect says GRUB reads `$prefix/grub.cfg` and checks that file.
+#[test]
+fn inspect_checks_the_file_a_prebuilt_grub_reads() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    // What a distribution's prebuilt image looks like: modules and a
+    // prefix, no configuration.
+    let grub = work.path().join("grubx64.efi");
+    run_ok(
+        tool("grub-mkimage")
+            .args([
+                "-O",
+                "x86_64-efi",
+                "-p",
+                "/EFI/BOOT",
+                "-d",
+                "/usr/lib/grub/x86_64-efi",
+                "-o",
+            ])
+            .arg(&grub)
+            .args(["normal", "linux", "fat", "part_gpt"]),
+    );
+    let out = work.path().join("out");
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args([
+                "build",
+                "--json",
+                "--root-owned",
+                "--cocos-size",
+                "1G",
+                "--seed",
+                SEED,
+            ])
+            .arg("--bootloader")
+            .arg(&grub)
+            .arg("--out")
+            .arg(&out)
+            .arg("--rootfs")
+            .arg(&inp.tree_a)
+            .arg("--kernel")
+            .arg(&inp.kernel)
+            .arg("--initramfs")
+            .arg(&inp.initrd)
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    let disk = out.join("disk.img");
+    let (code, v, stderr) = inspect_json(&disk);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["boot_config"]["file"], "EFI/BOOT/grub.cfg");
+    assert_eq!(v["boot_config"]["embedded"], false);
+    assert_eq!(v["boot_config"]["esp_copy_agrees"], serde_json::Value::Null);
+
+    let cfg = esp_get(&disk, "EFI/BOOT/grub.cfg");
+    esp_put(&disk, "EFI/BOOT/grub.cfg", &flip_root_hash_digit(&cfg));
+    let (code, _, stderr) = inspect_json(&disk);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in EFI/BOOT/grub.cfg, which GRUB boots with"),
+        "{stderr}"
+    );
+}
+
+/// A verity superblock claiming more data blocks than the root partition
+/// holds stops inspect with a clear error; nothing is read past the
+/// partition. `veritysetup dump` confirms the field that was changed.
+#[test]
+fn inspect_refuses_a_superblock_that_overruns_the_root_partition() {
+    use std::os::unix::fs::FileExt;
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    build(&inp, &inp.tree_a, &out, "1700000000", SEED);
+    let disk = out.join("disk.img");
+    let (root_start, root_size) = partition(&disk, 2);
+    let (verity_start, _) = partition(&disk, 3);
+    let _ = root_start;
+    // The superblock's data_blocks field: a little-endian u64 at offset 72
+    // (veritysetup's "Data blocks"; cryptsetup's verity format docs).
+    let claim = root_size / 4096 + 1;
+    let f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&claim.to_le_bytes(), verity_start + 72)
+        .unwrap();
+    drop(f);
+    let p3 = work.path().join("p3");
+    extract(&disk, partition(&disk, 3), &p3);
+    let dump = run_ok(tool("veritysetup").arg("dump").arg(&p3));
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.lines().any(|l| l.starts_with("Data blocks:")
+            && l.split_whitespace().last() == Some(&claim.to_string())),
+        "{dump}"
+    );
+    let (code, _, stderr) = inspect_json(&disk);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "partition 3 (root-verity): the dm-verity superblock covers {claim} data blocks of 4096 bytes, more than the {root_size}-byte root partition"
+        )),
+        "{stderr}"
+    );
+}
+
 /// `--config image.toml` (paths relative to the file, a tar archive as the
 /// root tree) builds exactly what the same flags build from the directory;
 /// a flag given with `--config` wins over the file.
