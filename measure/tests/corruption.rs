@@ -8,12 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{cocos_measure, field, pseudo_random, run_veritysetup};
+use common::{cocos_measure, field, pseudo_random, run_veritysetup, veritysetup};
 
 /// sha256 in 512-byte hash blocks holds 16 digests per block. With 300
 /// data blocks of 512 bytes: level 0 has 19 blocks, level 1 two, level 2
 /// (the top) one. On disk after the 512-byte superblock: level 2 at 512,
-/// level 1 at 1024..2048, level 0 at 2048..11776.
+/// level 1 at 1024..2048, level 0 at 2048..11776. veritysetup confirms
+/// these offsets (`level_offsets_are_where_veritysetup_finds_them`).
 const BLOCKS: usize = 300;
 const LEVEL_OFFSET: [u64; 3] = [2048, 1024, 512];
 
@@ -208,20 +209,68 @@ fn every_flipped_superblock_byte_fails_verification() {
 #[test]
 fn a_changed_uuid_is_caught_when_the_expected_uuid_is_given() {
     // The kernel never reads the superblock and the UUID is not hashed; a
-    // verifier that pins the UUID passes it and gets the mismatch.
+    // verifier that pins the UUID passes it and gets the mismatch. The UUID
+    // is the one veritysetup reads from the superblock it wrote.
     let img = image();
-    let uuid = field(
-        &cocos_measure()
-            .args(["verity", "dump"])
-            .arg(&img.hash)
-            .output()
-            .unwrap()
-            .stdout,
-        "UUID:",
+    let dump = run_veritysetup(
+        img.hash.parent().unwrap(),
+        &["dump".into(), img.hash.display().to_string()],
     );
+    let uuid = field(&dump.stdout, "UUID:");
+    assert_eq!(uuid.len(), 36, "{uuid:?}");
     assert!(verify(&img, &["--uuid", &uuid]).status.success());
     flip(&img.hash, 20);
     assert_fails(&verify(&img, &["--uuid", &uuid]), 2, &["the UUID"]);
+}
+
+/// Where `veritysetup verify` says the tree first fails.
+fn veritysetup_failure_position(img: &Image) -> u64 {
+    let out = std::process::Command::new(veritysetup())
+        .arg("verify")
+        .arg(&img.data)
+        .arg(&img.hash)
+        .arg(&img.root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "veritysetup accepted the damage");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Verification failed at position "))
+        .and_then(|p| p.trim_end_matches('.').parse().ok())
+        .unwrap_or_else(|| panic!("no failing position in {stderr:?}"))
+}
+
+/// The offsets the other tests flip bytes at, as veritysetup sees them: the
+/// hash area ends where level 0 ends, and a changed first digest of a block
+/// at `LEVEL_OFFSET[level]` makes veritysetup reject the block it covers,
+/// one level down (data blocks below level 0).
+#[test]
+fn level_offsets_are_where_veritysetup_finds_them() {
+    let img = image();
+    let dump = run_veritysetup(
+        img.hash.parent().unwrap(),
+        &["dump".into(), img.hash.display().to_string()],
+    );
+    assert_eq!(
+        field(&dump.stdout, "Hash device size:"),
+        format!("{} [bytes]", LEVEL_OFFSET[0] + 19 * 512)
+    );
+    for (level, block) in [(0usize, 0u64), (0, 5), (0, 18), (1, 0), (1, 1), (2, 0)] {
+        let img = image();
+        flip(&img.hash, LEVEL_OFFSET[level] + block * 512 + 3);
+        let child = 16 * block * 512;
+        let expected = if level == 0 {
+            child
+        } else {
+            LEVEL_OFFSET[level - 1] + child
+        };
+        assert_eq!(
+            veritysetup_failure_position(&img),
+            expected,
+            "level {level} block {block}"
+        );
+    }
 }
 
 #[test]
