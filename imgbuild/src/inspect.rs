@@ -8,17 +8,18 @@
 //! exactly what cocos-imgbuild writes for its `linux` line, and the line is
 //! parsed by the code cocos-init uses in the VM
 //! ([`cocos_measure::cmdline`]). The ESP copy `EFI/BOOT/grub.cfg` must agree
-//! with an embedded configuration. The root partition is hashed again from
-//! scratch with the parameters of the hash partition's superblock; the
-//! result must equal that root hash and the stored tree, and the partition
-//! GUIDs must be the ones [`gpt::verity_partition_uuids`] derives from it.
+//! with an embedded configuration. The hash partition's tree is verified
+//! top-down against that root hash and every block of the root partition
+//! against the tree ([`cocos_measure::verity::HashArea`], the check
+//! cocos-init makes), and the partition GUIDs must be the ones
+//! [`gpt::verity_partition_uuids`] derives from it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cocos_measure::cmdline;
-use cocos_measure::verity::{HashAreaLayout, HashTreeBuilder, Superblock};
+use cocos_measure::verity::{CheckError, HashArea, Mismatch, RootHash, Superblock, Window};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -69,8 +70,9 @@ pub enum InspectError {
 pub struct Verification {
     /// Whether everything matched.
     pub ok: bool,
-    /// Root hash recomputed from the root partition.
-    pub computed_root_hash: String,
+    /// Whether every block of the root partition verified against the
+    /// root hash GRUB boots with (through the stored tree, top-down).
+    pub root_verified: bool,
     /// Problems found (empty when `ok`).
     pub problems: Vec<String>,
 }
@@ -161,79 +163,63 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
         "uuid": sb.uuid,
     });
 
-    // The superblock must describe no more than the partitions hold, or
-    // the rehash would read past them.
+    // The superblock must describe no more than the partitions hold. (The
+    // windows below would stop a read past them anyway, but as a read
+    // error, not as what it is.)
     let bs = sb.params.data_block_size.bytes_u64();
-    let data_len = sb
-        .data_blocks
-        .checked_mul(bs)
-        .filter(|&n| n <= root.size)
-        .ok_or_else(|| InspectError::Overrun {
+    if sb.data_blocks.checked_mul(bs).is_none_or(|n| n > root.size) {
+        return Err(InspectError::Overrun {
             path: path.clone(),
             partition: verity.number,
             claim: format!("covers {} data blocks of {bs} bytes", sb.data_blocks),
             available: root.size,
             what: "root partition",
-        })?;
-    let tree_layout = HashAreaLayout::new(0, true, sb.params.hash_block_size)
-        .map_err(|e| InspectError::Missing(e.to_string()))?;
-
-    // Hash the root partition again.
-    let mut builder = HashTreeBuilder::with_capacity(sb.params.clone(), sb.data_blocks);
-    let mut buf = vec![0u8; 8 << 20];
-    let mut done = 0u64;
-    while done < data_len {
-        let n = (data_len - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], root.offset + done)
-            .map_err(io)?;
-        builder.update(&buf[..n]);
-        done += n as u64;
+        });
     }
-    let computed = match builder.finish() {
-        Ok(tree) => {
-            let tree_len = tree.as_bytes().len() as u64;
-            if tree_layout.tree_offset + tree_len > verity.size {
-                return Err(InspectError::Overrun {
-                    path,
-                    partition: verity.number,
-                    claim: format!(
-                        "needs a hash tree of {tree_len} bytes at offset {}",
-                        tree_layout.tree_offset
-                    ),
-                    available: verity.size,
-                    what: "root-verity partition",
-                });
-            }
-            let mut stored = vec![0u8; tree.as_bytes().len()];
-            file.read_exact_at(&mut stored, verity.offset + tree_layout.tree_offset)
-                .map_err(io)?;
-            if stored != tree.as_bytes() {
-                problems.push(format!(
-                    "partition {} (root-verity): the stored hash tree differs from the one the root partition hashes to",
-                    verity.number
-                ));
-            }
-            Some(tree.root_hash().clone())
-        }
-        Err(e) => {
-            problems.push(format!("cannot hash the root partition: {e}"));
-            None
-        }
-    };
-
+    let area = HashArea::from_superblock(&sb, 0).map_err(|e| {
+        InspectError::Missing(format!(
+            "{path}: partition {} (root-verity): the dm-verity superblock describes an impossible tree: {e}",
+            verity.number
+        ))
+    })?;
+    let area_end = area
+        .end()
+        .map_err(|e| InspectError::Missing(e.to_string()))?;
+    if area_end > verity.size {
+        return Err(InspectError::Overrun {
+            path,
+            partition: verity.number,
+            claim: format!("needs a hash area of {area_end} bytes"),
+            available: verity.size,
+            what: "root-verity partition",
+        });
+    }
+    // The tree top-down against the root hash GRUB boots with, then every
+    // block of the root partition against it: the check cocos-init and the
+    // kernel make, over windows that end where the partitions end.
+    let mut verified = false;
     if let (Some(params), Some((cfg, _))) = (&params, &boot) {
-        let expected = &params.root_hash;
-        if let Some(computed) = &computed {
-            if computed.as_bytes() != expected.as_slice() {
-                problems.push(format!(
-                    "partition {} (root) hashes to {computed}, not to the roothash={} in {}, which GRUB boots with",
-                    root.number,
-                    params.root_hash_hex,
-                    describe(cfg)
-                ));
-            }
+        let booted = format!(
+            "the roothash={} in {}, which GRUB boots with",
+            params.root_hash_hex,
+            describe(cfg)
+        );
+        let hash_part = Window::new(&file, verity.offset, verity.size);
+        let root_part = Window::new(&file, root.offset, root.size);
+        let result = RootHash::from_bytes(&params.root_hash, sb.params.algorithm)
+            .map_err(|e| e.to_string())
+            .and_then(|root_hash| {
+                let tree = area
+                    .verify_tree(&hash_part, &root_hash)
+                    .map_err(|e| located(e, &root, &verity))?;
+                area.verify_data(&root_part, &tree, &root_hash, &|_| {})
+                    .map_err(|e| located(e, &root, &verity))
+            });
+        match result {
+            Ok(()) => verified = true,
+            Err(e) => problems.push(format!("{e}: it does not verify against {booted}")),
         }
-        let (root_guid, verity_guid) = gpt::verity_partition_uuids(expected);
+        let (root_guid, verity_guid) = gpt::verity_partition_uuids(&params.root_hash);
         for (p, want) in [(&root, root_guid), (&verity, verity_guid)] {
             if p.unique_guid != want {
                 problems.push(format!(
@@ -252,10 +238,22 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
         verity: verity_json,
         verification: Verification {
             ok: problems.is_empty(),
-            computed_root_hash: computed.map(|h| h.to_hex()).unwrap_or_default(),
+            root_verified: verified,
             problems,
         },
     })
+}
+
+/// A verification error with the partition it concerns.
+fn located(e: CheckError, root: &PlacedPartition, verity: &PlacedPartition) -> String {
+    let name = |p: &PlacedPartition| format!("partition {} ({})", p.number, p.name);
+    match e {
+        CheckError::Read { what: "data", .. } => format!("{}: {e}", name(root)),
+        CheckError::Mismatch(Mismatch::DataBlock { .. } | Mismatch::SingleDataBlock) => {
+            format!("{}: {e}", name(root))
+        }
+        _ => format!("{}: {e}", name(verity)),
+    }
 }
 
 /// "the configuration embedded in EFI/BOOT/BOOTX64.EFI" or "EFI/BOOT/grub.cfg".

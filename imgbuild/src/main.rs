@@ -586,7 +586,9 @@ fn run_inspect(disk: &Path, json: bool) -> Result<ExitCode> {
             r.root_hash.clone().unwrap_or_else(unknown)
         );
         if r.verification.ok {
-            println!("Root verified:  the root partition hashes to the root hash");
+            println!(
+                "Root verified:  every block of the root partition verifies against the root hash"
+            );
         }
     }
     for p in &r.verification.problems {

@@ -445,7 +445,16 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
     }
     let o = inspect(&bad);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not to the roothash="));
+    // The block named is the one changed.
+    let block = size / 3 / 4096;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "partition 2 (root): data block {block} (offset {}) is corrupt: it does not verify against the roothash=",
+            block * 4096
+        )),
+        "{stderr}"
+    );
 }
 
 fn inspect_json(disk: &Path) -> (Option<i32>, serde_json::Value, String) {
@@ -549,7 +558,7 @@ fn inspect_checks_the_configuration_grub_boots_with() {
     );
     assert!(
         stderr.contains(&format!(
-            "partition 2 (root) hashes to {root_hash}, not to the roothash={} in the configuration embedded in EFI/BOOT/BOOTX64.EFI",
+            "partition 3 (root-verity): the top hash block (offset 4096 of the hash area) does not hash to the root hash: it does not verify against the roothash={} in the configuration embedded in EFI/BOOT/BOOTX64.EFI, which GRUB boots with",
             v["root_hash"].as_str().unwrap()
         )),
         "{stderr}"
@@ -639,7 +648,8 @@ fn inspect_checks_the_file_a_prebuilt_grub_reads() {
     let (code, _, stderr) = inspect_json(&disk);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("in EFI/BOOT/grub.cfg, which GRUB boots with"),
+        stderr.contains("does not hash to the root hash: it does not verify against the roothash=")
+            && stderr.contains("in EFI/BOOT/grub.cfg, which GRUB boots with"),
         "{stderr}"
     );
 }

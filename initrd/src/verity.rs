@@ -22,13 +22,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use cocos_measure::verity::{
-    GeometryError, HashAlgorithm, HashAreaLayout, Superblock, SuperblockError, TreeGeometry,
-    TreeParams,
+    CheckError, GeometryError, HashAlgorithm, HashArea, Mismatch, RootHash, Superblock,
+    SuperblockError, TreeParams,
 };
 use libcryptsetup_rs::consts::flags::{CryptActivate, CryptVerity};
 use libcryptsetup_rs::consts::vals::EncryptionFormat;
 use libcryptsetup_rs::{CryptInit, CryptParamsVerity, CryptParamsVerityRef, Either, LibcryptErr};
-use sha2::Digest;
 use thiserror::Error;
 
 /// Name of the root mapping (`/dev/mapper/root_verity`).
@@ -160,22 +159,6 @@ fn device_size(file: &File, path: &Path) -> Result<u64, RootVerityError> {
         .map_err(io_err("find the size of", path))
 }
 
-/// `hash(salt || block)` with the tree's algorithm (format version 1).
-fn block_digest(params: &TreeParams, block: &[u8]) -> Vec<u8> {
-    fn run<D: Digest>(salt: &[u8], block: &[u8]) -> Vec<u8> {
-        let mut h = D::new();
-        h.update(salt);
-        h.update(block);
-        h.finalize().to_vec()
-    }
-    let salt = params.salt.as_bytes();
-    match params.algorithm {
-        HashAlgorithm::Sha1 => run::<sha1::Sha1>(salt, block),
-        HashAlgorithm::Sha256 => run::<sha2::Sha256>(salt, block),
-        HashAlgorithm::Sha512 => run::<sha2::Sha512>(salt, block),
-    }
-}
-
 /// Checks the hash partition `hash_path` (superblock at offset 0, as
 /// cocos-imgbuild and `veritysetup format` write it) against `root_hash`
 /// and the size of the root partition `data_path`.
@@ -192,22 +175,20 @@ pub fn check_hash_tree(
         path: hash_path.to_path_buf(),
         source,
     })?;
-    let params = sb.params;
-    let algorithm = params.algorithm;
-    if root_hash.len() != algorithm.digest_size() {
-        return Err(RootVerityError::RootHashLength {
+    let algorithm = sb.params.algorithm;
+    let root_hash = RootHash::from_bytes(root_hash, algorithm).map_err(|_| {
+        RootVerityError::RootHashLength {
             given: root_hash.len(),
             algorithm,
             expected: algorithm.digest_size(),
-        });
-    }
+        }
+    })?;
     let geometry_err = |source| RootVerityError::Geometry {
         path: hash_path.to_path_buf(),
         source,
     };
-    let geometry = TreeGeometry::new(&params, sb.data_blocks).map_err(geometry_err)?;
-    let layout = HashAreaLayout::new(0, true, params.hash_block_size).map_err(geometry_err)?;
-    let end = layout.end(&geometry).map_err(geometry_err)?;
+    let area = HashArea::from_superblock(&sb, 0).map_err(geometry_err)?;
+    let end = area.end().map_err(geometry_err)?;
     let hash_size = device_size(&hash, hash_path)?;
     if hash_size < end {
         return Err(RootVerityError::HashPartitionTooSmall {
@@ -218,58 +199,52 @@ pub fn check_hash_tree(
     }
     let data = File::open(data_path).map_err(io_err("open", data_path))?;
     let data_size = device_size(&data, data_path)?;
-    if data_size < geometry.data_bytes() {
+    if data_size < area.geometry.data_bytes() {
         return Err(RootVerityError::DataPartitionTooSmall {
             path: data_path.to_path_buf(),
             size: data_size,
-            needed: geometry.data_bytes(),
+            needed: area.geometry.data_bytes(),
         });
     }
-
-    let levels = geometry.levels();
-    let checked = CheckedTree {
-        params: params.clone(),
-        data_blocks: sb.data_blocks,
-        levels: levels.len(),
-    };
-    let Some(top) = levels.len().checked_sub(1) else {
-        // A single data block: the root hash is that block's hash. Left to
-        // the kernel (no image of ours is one block long).
-        return Ok(checked);
-    };
-    let tree_len = usize::try_from(geometry.tree_bytes())
-        .map_err(|_| geometry_err(GeometryError::Overflow))?;
-    let mut tree = vec![0u8; tree_len];
-    hash.read_exact_at(&mut tree, layout.tree_offset)
-        .map_err(io_err("read the hash tree of", hash_path))?;
-
-    let hbs = params.hash_block_size.bytes();
-    let offset = |level: usize, index: u64| {
-        layout.tree_offset + (levels[level].first_block + index) * hbs as u64
-    };
-    if block_digest(&params, &tree[geometry.level_range(top)]) != root_hash {
-        return Err(RootVerityError::RootHashMismatch {
+    // The tree only: the kernel checks each data block as it is read. (A
+    // one-block tree has no hash blocks; its block is left to the kernel,
+    // and no image of ours is one block long.)
+    area.verify_tree(&hash, &root_hash).map_err(|e| match e {
+        CheckError::Read { source, .. } => io_err("read the hash tree of", hash_path)(source),
+        CheckError::RootHashLength { given, expected } => RootVerityError::RootHashLength {
+            given,
+            algorithm,
+            expected,
+        },
+        CheckError::Mismatch(Mismatch::TopBlock { offset }) => RootVerityError::RootHashMismatch {
             path: hash_path.to_path_buf(),
-            offset: offset(top, 0),
-        });
-    }
-    let slot = algorithm.slot_size();
-    let digest = algorithm.digest_size();
-    for level in (0..top).rev() {
-        let parent = &tree[geometry.level_range(level + 1)];
-        let blocks = tree[geometry.level_range(level)].chunks_exact(hbs);
-        for (index, (block, stored)) in blocks.zip(parent.chunks_exact(slot)).enumerate() {
-            if block_digest(&params, block) != stored[..digest] {
-                return Err(RootVerityError::CorruptHashBlock {
-                    path: hash_path.to_path_buf(),
-                    level,
-                    index: index as u64,
-                    offset: offset(level, index as u64),
-                });
+            offset,
+        },
+        CheckError::Mismatch(Mismatch::HashBlock {
+            level,
+            index,
+            offset,
+            ..
+        }) => RootVerityError::CorruptHashBlock {
+            path: hash_path.to_path_buf(),
+            level,
+            index,
+            offset,
+        },
+        // verify_tree reads no data blocks.
+        CheckError::Mismatch(m @ (Mismatch::DataBlock { .. } | Mismatch::SingleDataBlock)) => {
+            RootVerityError::Io {
+                action: "check",
+                path: data_path.to_path_buf(),
+                source: io::Error::other(m.to_string()),
             }
         }
-    }
-    Ok(checked)
+    })?;
+    Ok(CheckedTree {
+        params: area.params,
+        data_blocks: sb.data_blocks,
+        levels: area.geometry.levels().len(),
+    })
 }
 
 /// Opens the read-only dm-verity mapping `name` over `data_path` with the

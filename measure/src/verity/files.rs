@@ -10,10 +10,10 @@ use serde::Serialize;
 use tracing::debug;
 use uuid::Uuid;
 
+use super::check::{CheckError, HashArea, Mismatch};
 use super::error::{Corruption, VerityError, io_err};
 use super::geometry::{HashAreaLayout, TreeGeometry};
-use super::hasher::BlockHasher;
-use super::params::{BlockSize, HashAlgorithm, RootHash, Salt, TreeParams};
+use super::params::{BlockSize, HashAlgorithm, ParamError, RootHash, Salt, TreeParams};
 use super::superblock::{SUPERBLOCK_SIZE, Superblock};
 use super::tree::{HashTree, HashTreeBuilder};
 
@@ -211,47 +211,18 @@ pub fn verify(
         });
     }
 
-    let mut tree = vec![0u8; geometry.tree_bytes() as usize];
-    read_exact_at(&hash, hash_path, &mut tree, layout.tree_offset)?;
-    let hasher = BlockHasher::new(&params);
-    verify_tree(&geometry, &hasher, &tree, &root_hash, hash_path, &layout)?;
-
-    // Data blocks against level 0 (or the root hash for a single block).
-    let dbs = params.data_block_size.bytes();
-    let slot = params.algorithm.slot_size();
-    let digest = params.algorithm.digest_size();
-    let expected: &[u8] = match geometry.levels().first() {
-        Some(_) => &tree[geometry.level_range(0)],
-        None => root_hash.as_bytes(),
+    let area = HashArea {
+        params: params.clone(),
+        geometry,
+        layout,
     };
-    let mut computed = Vec::with_capacity(BATCH_BYTES / dbs * slot);
-    for (first, count) in batches(data_blocks, params.data_block_size) {
-        computed.resize(count * slot, 0);
-        hasher
-            .hash_file_blocks(&data, first * dbs as u64, dbs, &mut computed)
-            .map_err(io_err(data_path, "read"))?;
-        let start = first as usize * slot;
-        let stored = &expected[start..start + count * slot];
-        if let Some(i) = first_mismatch(&computed, stored, slot, digest) {
-            let index = first + i as u64;
-            let offset = index * dbs as u64;
-            return Err(if geometry.levels().is_empty() {
-                Corruption::RootHash {
-                    path: data_path.to_path_buf(),
-                    what: "data block 0",
-                    offset,
-                }
-            } else {
-                Corruption::DataBlock {
-                    path: data_path.to_path_buf(),
-                    index,
-                    offset,
-                }
-            }
-            .into());
-        }
-        progress((count * dbs) as u64);
-    }
+    let located = |e| located_error(e, params.algorithm, data_path, hash_path);
+    let tree = area.verify_tree(&hash, &root_hash).map_err(located)?;
+    area.verify_data(&data, &tree, &root_hash, progress)
+        .map_err(located)?;
+    let HashArea {
+        geometry, layout, ..
+    } = area;
 
     Ok(VerityReport::new(
         &geometry,
@@ -317,61 +288,57 @@ fn place(
     })
 }
 
-/// Verifies the stored levels top-down.
-fn verify_tree(
-    geometry: &TreeGeometry,
-    hasher: &BlockHasher,
-    tree: &[u8],
-    root_hash: &RootHash,
+/// A [`CheckError`] with the file it concerns, as `verify` reports it.
+fn located_error(
+    e: CheckError,
+    algorithm: HashAlgorithm,
+    data_path: &Path,
     hash_path: &Path,
-    layout: &HashAreaLayout,
-) -> Result<(), VerityError> {
-    let levels = geometry.levels();
-    let Some(top) = levels.len().checked_sub(1) else {
-        return Ok(());
-    };
-    let hbs = geometry.hash_block_size().bytes();
-    let block_offset = |level: usize, index: u64| {
-        layout.tree_offset + (levels[level].first_block + index) * hbs as u64
-    };
-    if hasher.digest(&tree[geometry.level_range(top)]) != root_hash.as_bytes() {
-        return Err(Corruption::RootHash {
-            path: hash_path.to_path_buf(),
-            what: "the top hash block",
-            offset: block_offset(top, 0),
+) -> VerityError {
+    match e {
+        CheckError::Read {
+            what: "data",
+            source,
+            ..
+        } => io_err(data_path, "read")(source),
+        CheckError::Read { source, .. } => io_err(hash_path, "read")(source),
+        CheckError::RootHashLength { given, expected } => ParamError::RootHashLength {
+            algorithm,
+            expected,
+            actual: given,
         }
-        .into());
-    }
-    let slot = hasher.algorithm().slot_size();
-    let digest = hasher.algorithm().digest_size();
-    for level in (0..top).rev() {
-        let blocks = &tree[geometry.level_range(level)];
-        let mut computed = vec![0u8; blocks.len() / hbs * slot];
-        hasher.hash_blocks(blocks, hbs, &mut computed);
-        let parent = &tree[geometry.level_range(level + 1)];
-        if let Some(i) = first_mismatch(&computed, &parent[..computed.len()], slot, digest) {
-            return Err(Corruption::HashBlock {
+        .into(),
+        CheckError::Mismatch(m) => match m {
+            Mismatch::TopBlock { offset } => Corruption::RootHash {
+                path: hash_path.to_path_buf(),
+                what: "the top hash block",
+                offset,
+            },
+            Mismatch::HashBlock {
+                level,
+                levels,
+                index,
+                offset,
+            } => Corruption::HashBlock {
                 path: hash_path.to_path_buf(),
                 level,
-                levels: levels.len(),
-                index: i as u64,
-                offset: block_offset(level, i as u64),
-            }
-            .into());
+                levels,
+                index,
+                offset,
+            },
+            Mismatch::DataBlock { index, offset } => Corruption::DataBlock {
+                path: data_path.to_path_buf(),
+                index,
+                offset,
+            },
+            Mismatch::SingleDataBlock => Corruption::RootHash {
+                path: data_path.to_path_buf(),
+                what: "data block 0",
+                offset: 0,
+            },
         }
+        .into(),
     }
-    Ok(())
-}
-
-/// Index of the first slot whose digest differs.
-fn first_mismatch(computed: &[u8], stored: &[u8], slot: usize, digest: usize) -> Option<usize> {
-    if computed == stored {
-        return None;
-    }
-    computed
-        .chunks_exact(slot)
-        .zip(stored.chunks_exact(slot))
-        .position(|(c, s)| c[..digest] != s[..digest])
 }
 
 struct Resolved {

@@ -6,13 +6,12 @@
 //! run time. Large inputs are split across all cores with rayon.
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 use sha2::Digest;
 
+use super::check::ReadAt;
 use super::params::{HashAlgorithm, TreeParams};
 
 /// Blocks hashed by one rayon task. 64 blocks of 4 KiB take about 150 µs
@@ -63,13 +62,14 @@ impl BlockHasher {
             .for_each(|(input, out)| self.hash_serial(input, block_size, out));
     }
 
-    /// Hashes `out.len() / slot` blocks of `file` starting at byte `offset`
+    /// Hashes `out.len() / slot` blocks of `file` (any positional reader)
+    /// starting at byte `offset`
     /// into consecutive slots of `out`. Each rayon task reads its own piece
     /// into a per-thread buffer and hashes it while it is still in cache, so
     /// reading is spread over all cores like hashing.
-    pub(crate) fn hash_file_blocks(
+    pub(crate) fn hash_blocks_at(
         &self,
-        file: &File,
+        file: &(impl ReadAt + ?Sized),
         offset: u64,
         block_size: usize,
         out: &mut [u8],

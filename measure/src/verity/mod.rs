@@ -17,6 +17,9 @@
 //! - [`tree`]: [`HashTreeBuilder`], the streaming builder fed data in order
 //!   (used while a filesystem image is written), and the [`HashTree`] it
 //!   produces.
+//! - [`check`]: the one top-down verification of a hash area
+//!   ([`HashArea::verify_tree`], [`HashArea::verify_data`]) over any
+//!   positional reader ([`ReadAt`]; [`Window`] for a partition of a disk).
 //! - [`files`]: `format`, `verify` and `dump` over files, as `veritysetup`.
 //!
 //! ```no_run
@@ -37,6 +40,7 @@
 //! # Ok::<(), verity::VerityError>(())
 //! ```
 
+pub mod check;
 pub mod error;
 pub mod files;
 pub mod geometry;
@@ -45,6 +49,7 @@ pub mod params;
 pub mod superblock;
 pub mod tree;
 
+pub use check::{CheckError, HashArea, Mismatch, ReadAt, Window};
 pub use error::{Corruption, VerityError};
 pub use files::{VerityOptions, VerityReport, dump, format, verify, write_root_hash_file};
 pub use geometry::{GeometryError, HashAreaLayout, Level, TreeGeometry};

@@ -266,6 +266,19 @@ impl RootHash {
         Ok(RootHash(bytes))
     }
 
+    /// Takes a root hash given as bytes (e.g. parsed from a kernel command
+    /// line) for a tree using `algorithm`.
+    pub fn from_bytes(bytes: &[u8], algorithm: HashAlgorithm) -> Result<Self, ParamError> {
+        if bytes.len() != algorithm.digest_size() {
+            return Err(ParamError::RootHashLength {
+                algorithm,
+                expected: algorithm.digest_size(),
+                actual: bytes.len(),
+            });
+        }
+        Ok(RootHash(bytes.to_vec()))
+    }
+
     /// The digest bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

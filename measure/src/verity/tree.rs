@@ -209,7 +209,7 @@ impl HashTreeBuilder {
         let slot = self.params.algorithm.slot_size();
         let start = self.level0.len();
         self.level0.resize(start + count * slot, 0);
-        let result = self.hasher.hash_file_blocks(
+        let result = self.hasher.hash_blocks_at(
             file,
             offset,
             self.params.data_block_size.bytes(),
