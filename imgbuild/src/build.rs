@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use cocos_measure::verity::{
-    BlockSize, HashAlgorithm, HashAreaLayout, HashTree, HashTreeBuilder, Salt, TreeGeometry,
-    TreeParams,
+    BlockSize, HashAlgorithm, HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt,
+    TreeGeometry, TreeParams, VerityParams,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -159,27 +159,6 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BuildE
     }
 }
 
-/// The dm-verity parameters recorded in the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerityInfo {
-    /// Hash algorithm.
-    pub algorithm: HashAlgorithm,
-    /// Data block size.
-    pub data_block_size: BlockSize,
-    /// Hash block size.
-    pub hash_block_size: BlockSize,
-    /// Data blocks covered (the whole root partition).
-    pub data_blocks: u64,
-    /// Salt, hex.
-    pub salt: String,
-    /// Superblock UUID.
-    pub uuid: Uuid,
-    /// Root hash, hex.
-    pub root_hash: String,
-    /// Format version (hash type).
-    pub hash_type: u32,
-}
-
 /// One file of the build, with its digest.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileDigest {
@@ -219,7 +198,7 @@ pub struct Manifest {
     /// Kernel command line (in GRUB's embedded configuration).
     pub kernel_cmdline: String,
     /// dm-verity parameters and root hash.
-    pub verity: VerityInfo,
+    pub verity: VerityParams,
     /// The partition table.
     pub partitions: gpt::DiskLayout,
     /// Files on the ESP.
@@ -239,8 +218,8 @@ pub struct Manifest {
 pub struct BuildSummary {
     /// Output directory.
     pub out_dir: PathBuf,
-    /// Root hash, hex.
-    pub root_hash: String,
+    /// Root hash.
+    pub root_hash: RootHash,
     /// Kernel command line.
     pub kernel_cmdline: String,
     /// Disk size in bytes.
@@ -680,7 +659,7 @@ pub fn build(
         progress,
     )?;
     workers.0.set_paused(false);
-    let root_hash = tree_hash.root_hash().to_hex();
+    let root_hash = tree_hash.root_hash().clone();
     // rootfs.ext4 is complete: digest it while the rest is built.
     let rootfs_digest = {
         let file = rootfs
@@ -714,7 +693,7 @@ pub fn build(
     stage.done("hash tree");
     // 5. The command line with the root hash (it goes into the ESP once
     // the ESP thread is done).
-    let cmdline = grub::kernel_cmdline(&root_hash, &cfg.cmdline);
+    let cmdline = grub::kernel_cmdline(&root_hash.to_hex(), &cfg.cmdline);
     let grub_cfg = grub::config(&cmdline);
     let boot = build_grub(&grub_cfg)?;
 
@@ -885,16 +864,9 @@ pub fn build(
         source_date_epoch: cfg.source_date_epoch,
         seed: cfg.seed,
         kernel_cmdline: cmdline.clone(),
-        verity: VerityInfo {
-            algorithm: verity_params.algorithm,
-            data_block_size: verity_params.data_block_size,
-            hash_block_size: verity_params.hash_block_size,
-            data_blocks: ext4.blocks(),
-            salt: hex::encode(verity_params.salt.as_bytes()),
-            uuid: verity_uuid,
-            root_hash: root_hash.clone(),
-            hash_type: 1,
-        },
+        verity: VerityParams::new(&verity_params, ext4.blocks())
+            .with_uuid(Some(verity_uuid))
+            .with_root_hash(Some(root_hash.clone())),
         partitions: layout.clone(),
         esp: esp.files.clone(),
         artifacts: artifacts.clone(),

@@ -19,7 +19,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use cocos_measure::cmdline;
-use cocos_measure::verity::{CheckError, HashArea, Mismatch, RootHash, Superblock, Window};
+use cocos_measure::verity::{
+    CheckError, HashArea, Mismatch, RootHash, Superblock, VerityParams, Window,
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -107,9 +109,9 @@ pub struct Inspection {
     /// determined: see the problems).
     pub kernel_cmdline: Option<String>,
     /// Root hash on that command line.
-    pub root_hash: Option<String>,
+    pub root_hash: Option<RootHash>,
     /// Verity algorithm, block sizes, data blocks, salt, UUID.
-    pub verity: serde_json::Value,
+    pub verity: VerityParams,
     /// The re-verification.
     pub verification: Verification,
 }
@@ -154,13 +156,17 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
             verity.number
         ))
     })?;
-    let verity_json = serde_json::json!({
-        "algorithm": sb.params.algorithm,
-        "data_block_size": sb.params.data_block_size,
-        "hash_block_size": sb.params.hash_block_size,
-        "data_blocks": sb.data_blocks,
-        "salt": sb.params.salt,
-        "uuid": sb.uuid,
+    let verity_params = VerityParams::new(&sb.params, sb.data_blocks).with_uuid(Some(sb.uuid));
+    // The command line's root hash, typed for the superblock's algorithm.
+    let root_hash = params.as_ref().and_then(|p| {
+        RootHash::from_bytes(&p.root_hash, sb.params.algorithm)
+            .map_err(|e| {
+                problems.push(format!(
+                    "roothash={} on the kernel command line GRUB boots with: {e}",
+                    p.root_hash_hex
+                ))
+            })
+            .ok()
     });
 
     // The superblock must describe no more than the partitions hold. (The
@@ -206,18 +212,17 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
         );
         let hash_part = Window::new(&file, verity.offset, verity.size);
         let root_part = Window::new(&file, root.offset, root.size);
-        let result = RootHash::from_bytes(&params.root_hash, sb.params.algorithm)
-            .map_err(|e| e.to_string())
-            .and_then(|root_hash| {
-                let tree = area
-                    .verify_tree(&hash_part, &root_hash)
-                    .map_err(|e| located(e, &root, &verity))?;
-                area.verify_data(&root_part, &tree, &root_hash, &|_| {})
-                    .map_err(|e| located(e, &root, &verity))
-            });
-        match result {
-            Ok(()) => verified = true,
-            Err(e) => problems.push(format!("{e}: it does not verify against {booted}")),
+        if let Some(root_hash) = &root_hash {
+            let result = area
+                .verify_tree(&hash_part, root_hash)
+                .and_then(|tree| area.verify_data(&root_part, &tree, root_hash, &|_| {}));
+            match result {
+                Ok(()) => verified = true,
+                Err(e) => problems.push(format!(
+                    "{}: it does not verify against {booted}",
+                    located(e, &root, &verity)
+                )),
+            }
         }
         let (root_guid, verity_guid) = gpt::verity_partition_uuids(&params.root_hash);
         for (p, want) in [(&root, root_guid), (&verity, verity_guid)] {
@@ -234,8 +239,8 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
         esp_files: listing.files,
         boot_config: boot.map(|(cfg, _)| cfg),
         kernel_cmdline,
-        root_hash: params.map(|p| p.root_hash_hex),
-        verity: verity_json,
+        root_hash,
+        verity: verity_params,
         verification: Verification {
             ok: problems.is_empty(),
             root_verified: verified,

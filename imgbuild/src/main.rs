@@ -580,10 +580,19 @@ fn run_inspect(disk: &Path, json: bool) -> Result<ExitCode> {
             "Kernel cmdline: {}",
             r.kernel_cmdline.clone().unwrap_or_else(unknown)
         );
-        println!("Verity:         {}", r.verity);
+        let v = &r.verity;
+        println!(
+            "Verity:         {} data blocks of {} bytes, {} hash blocks of {} bytes, salt {}, uuid {}",
+            v.data_blocks,
+            v.data_block_size.bytes(),
+            v.algorithm,
+            v.hash_block_size.bytes(),
+            hex::encode(v.salt.as_bytes()),
+            v.uuid.map(|u| u.to_string()).unwrap_or_default()
+        );
         println!(
             "Root hash:      {}",
-            r.root_hash.clone().unwrap_or_else(unknown)
+            r.root_hash.as_ref().map_or_else(unknown, |h| h.to_hex())
         );
         if r.verification.ok {
             println!(

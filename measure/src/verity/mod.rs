@@ -53,6 +53,6 @@ pub use check::{CheckError, HashArea, Mismatch, ReadAt, Window};
 pub use error::{Corruption, VerityError};
 pub use files::{VerityOptions, VerityReport, dump, format, verify, write_root_hash_file};
 pub use geometry::{GeometryError, HashAreaLayout, Level, TreeGeometry};
-pub use params::{BlockSize, HashAlgorithm, ParamError, RootHash, Salt, TreeParams};
+pub use params::{BlockSize, HashAlgorithm, ParamError, RootHash, Salt, TreeParams, VerityParams};
 pub use superblock::{RawSuperblock, Superblock, SuperblockError};
 pub use tree::{HashTree, HashTreeBuilder, TreeError};

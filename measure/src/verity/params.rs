@@ -372,3 +372,56 @@ mod tests {
         ));
     }
 }
+
+/// The parameters of a dm-verity hash area, as `manifest.json`, `cocos-imgbuild
+/// inspect --json` and `cocos-measure verity --json` all report them (one
+/// type, one set of key names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerityParams {
+    /// Hash algorithm.
+    pub algorithm: HashAlgorithm,
+    /// Data block size.
+    pub data_block_size: BlockSize,
+    /// Hash block size.
+    pub hash_block_size: BlockSize,
+    /// Data blocks covered.
+    pub data_blocks: u64,
+    /// Salt (hex).
+    pub salt: Salt,
+    /// Superblock UUID (none without a superblock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<uuid::Uuid>,
+    /// Root hash, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_hash: Option<RootHash>,
+    /// Format version (hash type): 1, the normal format.
+    pub hash_type: u32,
+}
+
+impl VerityParams {
+    /// The parameters of a tree of `data_blocks` blocks.
+    pub fn new(params: &TreeParams, data_blocks: u64) -> Self {
+        VerityParams {
+            algorithm: params.algorithm,
+            data_block_size: params.data_block_size,
+            hash_block_size: params.hash_block_size,
+            data_blocks,
+            salt: params.salt.clone(),
+            uuid: None,
+            root_hash: None,
+            hash_type: 1,
+        }
+    }
+
+    /// With the superblock UUID.
+    pub fn with_uuid(mut self, uuid: Option<uuid::Uuid>) -> Self {
+        self.uuid = uuid;
+        self
+    }
+
+    /// With the root hash.
+    pub fn with_root_hash(mut self, root_hash: Option<RootHash>) -> Self {
+        self.root_hash = root_hash;
+        self
+    }
+}
