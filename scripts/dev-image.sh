@@ -54,23 +54,22 @@ cat >"$root/etc/fstab" <<'FSTAB'
 /dev/mapper/root_verity  /              ext4    ro         0      0
 FSTAB
 
-# The modules of the boot flow (their dependencies are added by the builder).
-modules="virtio_pci virtio_scsi sd_mod crc32c_generic ext4 dm-mod dm-verity dm-integrity dm-crypt
-  gcm ghash-generic ctr ecb xts af_alg algif_aead configfs 9p 9pnet_virtio"
-module_args=()
-for m in $modules; do module_args+=(--module "$m"); done
-file_args=(--initramfs-file /bin/busybox:/bin/sh)
-for f in ${INITRAMFS_FILES:-}; do file_args+=(--initramfs-file "$f"); done
+# The image itself (partitions, verity, modules, command line, seed) is
+# described in scripts/dev-image.toml; the inputs made here are flags.
+overrides=()
+[ -n "${CMDLINE:-}" ] && overrides+=(--cmdline "$CMDLINE")
+[ -n "${COCOS_SIZE:-}" ] && overrides+=(--cocos-size "$COCOS_SIZE")
+[ -n "${SEED:-}" ] && overrides+=(--seed "$SEED")
+if [ -n "${INITRAMFS_FILES:-}" ]; then
+  overrides+=(--initramfs-file /bin/busybox:/bin/sh)
+  for f in $INITRAMFS_FILES; do overrides+=(--initramfs-file "$f"); done
+fi
 
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1700000000}" "$bin_dir/cocos-imgbuild" build \
+  --config "$PWD/scripts/dev-image.toml" \
   --out "$out" \
   --rootfs "$root" \
-  --root-owned \
   --kernel "$vmlinuz" \
   --init "${INIT:-$bin_dir/cocos-init}" \
   --modules-dir "$kernel_root/lib/modules/$version" \
-  "${module_args[@]}" \
-  "${file_args[@]}" \
-  --cmdline "${CMDLINE:-console=ttyS0}" \
-  --cocos-size "${COCOS_SIZE:-256M}" \
-  --seed "${SEED:-00000000-0000-4000-8000-00000000c0c0}"
+  "${overrides[@]}"

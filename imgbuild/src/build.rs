@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use cocos_measure::verity::{
-    BlockSize, HashAlgorithm, HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt,
-    TreeGeometry, TreeParams, VerityParams,
+    HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt, TreeGeometry, TreeParams,
+    VerityParams,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -47,7 +47,9 @@ use crate::gpt::{self, GptError, PartitionSpec};
 use crate::grub::{self, GrubError};
 use crate::initramfs::{Initramfs, InitramfsError, InitramfsSpec};
 use crate::seed::Seed;
+use crate::seed::purpose;
 use crate::sparse::Segment;
+use crate::spec::{self, Partition, Role, SizeRule, SpecError, UuidRule, VeritySpec};
 
 /// Where the initramfs comes from.
 #[derive(Debug, Clone)]
@@ -89,12 +91,11 @@ pub struct BuildConfig {
     pub bootloader: Bootloader,
     /// Extra kernel command line options.
     pub cmdline: String,
-    /// ESP size in bytes.
-    pub esp_size: u64,
-    /// Root filesystem size in bytes (default: the tree plus 10%).
-    pub root_size: Option<u64>,
-    /// Size of the blank `cocos` partition in bytes.
-    pub cocos_size: u64,
+    /// The partition table, in disk order ([`spec::resolve_partitions`]:
+    /// the ESP first, one root, one root-verity, blank data partitions).
+    pub partitions: Vec<Partition>,
+    /// The dm-verity parameters.
+    pub verity: VeritySpec,
     /// Seed of every UUID and salt.
     pub seed: Uuid,
     /// SOURCE_DATE_EPOCH.
@@ -148,6 +149,9 @@ pub enum BuildError {
     /// The initramfs could not be generated.
     #[error("building the initramfs")]
     Initramfs(#[from] InitramfsError),
+    /// The partition table or the verity parameters cannot be used.
+    #[error("image description: {0}")]
+    Spec(SpecError),
 }
 
 fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BuildError {
@@ -381,8 +385,8 @@ pub fn ext4_options(
     size: Option<u64>,
 ) -> Ext4Options {
     Ext4Options {
-        uuid: seed.uuid_for("ext4:uuid"),
-        hash_seed: seed.uuid_for("ext4:hash-seed"),
+        uuid: seed.uuid_for(purpose::EXT4_UUID),
+        hash_seed: seed.uuid_for(purpose::EXT4_HASH_SEED),
         timestamp,
         root_owned,
         size,
@@ -456,14 +460,46 @@ pub fn build(
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
     let mut staging = Staging::new(&cfg.out_dir);
 
+    // The partition table: checked again here (a library caller may not
+    // have gone through ImageSpec), then used by role.
+    let partitions = spec::resolve_partitions(
+        &cfg.partitions
+            .iter()
+            .map(Partition::to_def)
+            .collect::<Vec<_>>(),
+    )
+    .map_err(BuildError::Spec)?;
+    let by_role = |role: Role| {
+        partitions
+            .iter()
+            .find(|p| p.role == role)
+            .ok_or(BuildError::Internal("a checked table lacks a role"))
+    };
+    let (esp_def, root_def, verity_def) = (
+        by_role(Role::Esp)?,
+        by_role(Role::Root)?,
+        by_role(Role::RootVerity)?,
+    );
+    let (data_block_size, hash_block_size) = cfg.verity.check().map_err(BuildError::Spec)?;
     let verity_params = TreeParams {
-        algorithm: HashAlgorithm::Sha256,
-        data_block_size: BlockSize::DEFAULT,
-        hash_block_size: BlockSize::DEFAULT,
-        salt: Salt::new(seed.bytes_for("verity:salt", 32))
+        algorithm: cfg.verity.algorithm,
+        data_block_size,
+        hash_block_size,
+        salt: Salt::new(seed.bytes_for(&cfg.verity.salt_seed, 32))
             .map_err(|e| BuildError::Verity(e.to_string()))?,
     };
-    let disk_guid = seed.uuid_for("gpt:disk");
+    let disk_guid = seed.uuid_for(purpose::GPT_DISK);
+    // A partition's unique GUID, once the root hash's halves are known.
+    let unique_guid = |p: &Partition, halves: (Uuid, Uuid)| match &p.uuid {
+        UuidRule::Seed(label) => seed.uuid_for(label),
+        UuidRule::Fixed(u) => *u,
+        UuidRule::RootHashFirstHalf => halves.0,
+        UuidRule::RootHashLastHalf => halves.1,
+    };
+    let fixed_size = |p: &Partition| match p.size {
+        SizeRule::Fixed(n) => Some(n),
+        SizeRule::Auto => None,
+    };
     // 1. The ESP, first and on another thread. Only grub.cfg (and a GRUB
     // image embedding it) depends on the root hash: room of their final
     // size is reserved at the end of the filesystem, so everything before
@@ -471,13 +507,13 @@ pub fn build(
     // the rootfs.ext4 digest. The ESP is the first partition: its place
     // does not depend on the others' sizes.
     let esp_part = PartitionSpec {
-        name: "esp".into(),
-        type_guid: gpt::ESP_TYPE,
-        unique_guid: seed.uuid_for("gpt:esp"),
-        size: cfg.esp_size,
+        name: esp_def.label.clone(),
+        type_guid: esp_def.type_guid,
+        unique_guid: unique_guid(esp_def, (Uuid::nil(), Uuid::nil())),
+        size: fixed_size(esp_def).ok_or(BuildError::Internal("the ESP has no size"))?,
     };
     let (esp_offset, esp_size) = gpt::plan_layout(disk_guid, std::slice::from_ref(&esp_part))?
-        .partition("esp")
+        .partition(&esp_def.label)
         .map(|p| (p.offset, p.size))
         .ok_or(BuildError::Internal("no ESP planned"))?;
     let disk = staging.create(artifact::DISK)?;
@@ -523,7 +559,7 @@ pub fn build(
     };
     let esp_spec = |bootloader: EspSource, grub_cfg: EspSource| EspSpec {
         size: esp_size,
-        volume_id: seed.u32_for("esp:volume-id"),
+        volume_id: seed.u32_for(purpose::ESP_VOLUME_ID),
         label: "ESP".into(),
         timestamp: cfg.source_date_epoch,
         files: vec![
@@ -585,45 +621,48 @@ pub fn build(
     let tree = SourceTree::read(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
         &tree,
-        ext4_options(&seed, cfg.source_date_epoch, cfg.root_owned, cfg.root_size),
+        ext4_options(
+            &seed,
+            cfg.source_date_epoch,
+            cfg.root_owned,
+            fixed_size(root_def),
+        ),
     )?;
-    let verity_uuid = seed.uuid_for("verity:uuid");
+    let verity_uuid = seed.uuid_for(&cfg.verity.uuid_seed);
     let verity_geometry = TreeGeometry::new(&verity_params, ext4.blocks())
         .map_err(|e| BuildError::Verity(e.to_string()))?;
     let verity_area = HashAreaLayout::new(0, true, verity_params.hash_block_size)
         .and_then(|l| l.end(&verity_geometry))
         .map_err(|e| BuildError::Verity(e.to_string()))?;
-    let specs = |root: Uuid, verity: Uuid| {
-        [
-            esp_part.clone(),
-            PartitionSpec {
-                name: "root".into(),
-                type_guid: gpt::ROOT_X86_64_TYPE,
-                unique_guid: root,
-                size: ext4.size(),
-            },
-            PartitionSpec {
-                name: "root-verity".into(),
-                type_guid: gpt::ROOT_X86_64_VERITY_TYPE,
-                unique_guid: verity,
-                size: verity_area,
-            },
-            PartitionSpec {
-                name: "cocos".into(),
-                type_guid: gpt::LINUX_DATA_TYPE,
-                unique_guid: seed.uuid_for("gpt:cocos"),
-                size: cfg.cocos_size,
-            },
-        ]
+    let specs = |halves: (Uuid, Uuid)| -> Result<Vec<PartitionSpec>, BuildError> {
+        partitions
+            .iter()
+            .map(|p| {
+                let size = match p.role {
+                    Role::Esp => esp_part.size,
+                    Role::Root => ext4.size(),
+                    Role::RootVerity => verity_area,
+                    Role::Data => {
+                        fixed_size(p).ok_or(BuildError::Internal("a data partition has no size"))?
+                    }
+                };
+                Ok(PartitionSpec {
+                    name: p.label.clone(),
+                    type_guid: p.type_guid,
+                    unique_guid: unique_guid(p, halves),
+                    size,
+                })
+            })
+            .collect()
     };
     // Offsets do not depend on the GUIDs; placeholders until the root hash
     // is known.
     let layout = gpt::plan_layout(
         disk_guid,
-        &specs(
-            seed.uuid_for("gpt:root-placeholder"),
-            seed.uuid_for("gpt:verity-placeholder"),
-        ),
+        &specs((
+            seed.uuid_for(purpose::GPT_ROOT_PLACEHOLDER),
+            seed.uuid_for(purpose::GPT_VERITY_PLACEHOLDER),
+        ))?,
     )?;
     let part = |name: &str| {
         layout
@@ -631,11 +670,11 @@ pub fn build(
             .map(|p| (p.offset, p.size))
             .ok_or_else(|| BuildError::Verity(format!("no {name} partition planned")))
     };
-    if part("esp")? != (esp_offset, esp_size) {
+    if part(&esp_def.label)? != (esp_offset, esp_size) {
         return Err(BuildError::Internal("the ESP moved"));
     }
-    let (root_offset, _) = part("root")?;
-    let (verity_offset, _) = part("root-verity")?;
+    let (root_offset, _) = part(&root_def.label)?;
+    let (verity_offset, _) = part(&verity_def.label)?;
     disk.set_len(layout.disk_size)
         .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
 
@@ -698,8 +737,8 @@ pub fn build(
     let boot = build_grub(&grub_cfg)?;
 
     // 6. The partition table, with the GUIDs from the root hash.
-    let (root_guid, verity_guid) = gpt::verity_partition_uuids(tree_hash.root_hash().as_bytes());
-    let layout = gpt::plan_layout(disk_guid, &specs(root_guid, verity_guid))?;
+    let halves = gpt::verity_partition_uuids(tree_hash.root_hash().as_bytes());
+    let layout = gpt::plan_layout(disk_guid, &specs(halves)?)?;
     gpt::write_gpt(&disk, &layout)?;
 
     stage.done("partition table");
@@ -729,10 +768,17 @@ pub fn build(
     // the cocos partition is zeros by construction (no need to read 20 GiB
     // of them).
     let mut ranges: Vec<(String, &File, u64, u64)> = Vec::new();
+    // Hashed elsewhere or zeros by construction: the ESP, the root and the
+    // blank data partitions.
+    let hashed_elsewhere: Vec<&str> = partitions
+        .iter()
+        .filter(|p| p.role != Role::RootVerity)
+        .map(|p| p.label.as_str())
+        .collect();
     for p in layout
         .partitions
         .iter()
-        .filter(|p| !["esp", "root", "cocos"].contains(&p.name.as_str()))
+        .filter(|p| !hashed_elsewhere.contains(&p.name.as_str()))
     {
         ranges.push((
             format!("{}#{}", artifact::DISK, p.number),
@@ -824,7 +870,7 @@ pub fn build(
             .map_err(|_| BuildError::Internal("the rootfs.ext4 digest panicked"))??,
     );
     if let (Some(root), Some(fs)) = (
-        layout.partition("root"),
+        layout.partition(&root_def.label),
         artifacts
             .iter()
             .find(|a| a.path == artifact::ROOTFS)

@@ -97,6 +97,20 @@ pub const ATTR_READ_ONLY: u64 = 1 << 60;
 /// auto-discovery of the partition.
 pub const ATTR_NO_AUTO: u64 = 1 << 63;
 
+/// GPT partition names (labels) of the default image. `build` writes them,
+/// `inspect` reports them, and cocos-init finds the `cocos` partition by
+/// its label (the root and its hash partition by the root hash's GUIDs).
+pub mod label {
+    /// The EFI system partition.
+    pub const ESP: &str = "esp";
+    /// The root filesystem.
+    pub const ROOT: &str = "root";
+    /// The root's dm-verity hash partition.
+    pub const ROOT_VERITY: &str = "root-verity";
+    /// The blank partition cocos-init formats as LUKS2 at every boot.
+    pub const COCOS: &str = "cocos";
+}
+
 /// The unique GUIDs of the root (data) partition and of the root verity
 /// (hash) partition, derived from the dm-verity root hash.
 ///

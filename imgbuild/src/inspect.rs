@@ -24,6 +24,7 @@ use cocos_measure::verity::{
 };
 use serde::Serialize;
 use thiserror::Error;
+use uuid::Uuid;
 
 use crate::fat::{self, EspEntry, FatError};
 use crate::gpt::{self, DiskLayout, PlacedPartition};
@@ -125,13 +126,29 @@ pub fn inspect(disk: &Path) -> Result<Inspection, InspectError> {
     };
     let file = File::open(disk).map_err(io)?;
     let layout = gpt::read_gpt(&file)?;
-    let part = |name: &str| {
-        layout
-            .partition(name)
-            .cloned()
-            .ok_or_else(|| InspectError::Missing(format!("{path}: no partition named {name:?}")))
+    // A role's partition: the only one of its type (an image description
+    // may relabel it), else the one with the default label.
+    let part = |type_guid: Uuid, label: &str| {
+        let mut of_type = layout
+            .partitions
+            .iter()
+            .filter(|p| p.type_guid == type_guid);
+        match (of_type.next(), of_type.next()) {
+            (Some(p), None) => Some(p),
+            _ => layout.partition(label),
+        }
+        .cloned()
+        .ok_or_else(|| {
+            InspectError::Missing(format!(
+                "{path}: no partition of type {type_guid} or named {label:?}"
+            ))
+        })
     };
-    let (esp, root, verity) = (part("esp")?, part("root")?, part("root-verity")?);
+    let (esp, root, verity) = (
+        part(gpt::ESP_TYPE, gpt::label::ESP)?,
+        part(gpt::ROOT_X86_64_TYPE, gpt::label::ROOT)?,
+        part(gpt::ROOT_X86_64_VERITY_TYPE, gpt::label::ROOT_VERITY)?,
+    );
     let mut problems = Vec::new();
 
     let listing = fat::read_esp(&file, esp.offset, esp.size)?;

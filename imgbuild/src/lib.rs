@@ -18,3 +18,4 @@ pub mod initramfs;
 pub mod inspect;
 pub mod seed;
 mod sparse;
+pub mod spec;

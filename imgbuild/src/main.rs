@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use cocos_imgbuild::build::{self, Bootloader, BuildConfig, InitramfsSource};
 use cocos_imgbuild::grub;
 use cocos_imgbuild::initramfs::{self, ExtraFile, Initramfs, InitramfsSpec};
+use cocos_imgbuild::spec::ImageSpec;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Deserialize;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -116,29 +116,14 @@ struct InitramfsArgs {
     list: bool,
 }
 
-/// A list given as one space-separated string or as an array of strings.
-fn words<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Words {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(Some(match Words::deserialize(d)? {
-        Words::One(s) => s,
-        Words::Many(v) => v.join(" "),
-    }))
-}
-
-#[derive(Args, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[derive(Args, Default)]
 struct BuildArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Image description (TOML with the same keys as these flags).
+    /// Image description: TOML with the same keys as these flags, plus
+    /// the partition table ([[partition]]) and [verity]; flags win.
     #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
     config: Option<PathBuf>,
     /// Root tree: a directory, or a tar archive (.tar, .tar.gz) whose
     /// owners, devices and xattrs are kept without root privileges.
@@ -160,20 +145,16 @@ struct BuildArgs {
     modules_dir: Option<PathBuf>,
     /// With --init: a kernel module to load (repeatable).
     #[arg(long = "module", value_name = "NAME")]
-    #[serde(default)]
     module: Vec<String>,
     /// With --init: kernel modules to load, space separated (in
     /// image.toml also an array).
     #[arg(long, value_name = "LIST")]
-    #[serde(default, deserialize_with = "words")]
     modules: Option<String>,
     /// With --init: an extra file SRC:DEST[:MODE] (repeatable).
     #[arg(long = "initramfs-file", value_name = "SRC:DEST[:MODE]")]
-    #[serde(default)]
-    initramfs_file: Vec<String>,
+    initramfs_file: Vec<ExtraFile>,
     /// With --init: an extra directory to find shared libraries in.
     #[arg(long = "lib-dir", value_name = "DIR")]
-    #[serde(default)]
     lib_dir: Vec<PathBuf>,
     /// With --init: how long cocos-init waits for the disk partitions
     /// [default: 10000].
@@ -205,35 +186,15 @@ struct BuildArgs {
     seed: Option<Uuid>,
     /// Own every file by 0:0 (unprivileged builds cannot chown the tree).
     #[arg(long)]
-    #[serde(default)]
     root_owned: bool,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
-    #[serde(skip)]
     json: bool,
 }
 
 /// Parses `256M`, `20G`, `1048576`, `4K`, `2T` (binary units).
 fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mult = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => bail!("{s:?}: unknown size unit {c:?} (use K, M, G or T)"),
-            };
-            (&s[..i], mult)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a size"))?;
-    n.checked_mul(mult)
-        .with_context(|| format!("{s:?} is too large"))
+    cocos_imgbuild::spec::parse_size(s).map_err(anyhow::Error::msg)
 }
 
 fn main() -> ExitCode {
@@ -270,47 +231,33 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn load_config(path: &Path) -> Result<BuildArgs> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the image description", path.display()))?;
-    let mut args: BuildArgs = toml::from_str(&text)
-        .with_context(|| format!("{}: invalid image description", path.display()))?;
-    // Relative paths in the file are relative to the file.
-    let base = path.parent().unwrap_or(Path::new("."));
-    for p in [
-        &mut args.out,
-        &mut args.rootfs,
-        &mut args.kernel,
-        &mut args.initramfs,
-        &mut args.init,
-        &mut args.modules_dir,
-        &mut args.bootloader,
-        &mut args.grub_modules_dir,
-    ]
-    .into_iter()
-    .flatten()
-    .chain(args.lib_dir.iter_mut())
-    {
-        if p.is_relative() {
-            *p = base.join(&*p);
+impl BuildArgs {
+    /// The flags as an image description, to overlay a file's.
+    fn into_spec(self) -> ImageSpec {
+        ImageSpec {
+            out: self.out,
+            rootfs: self.rootfs,
+            kernel: self.kernel,
+            initramfs: self.initramfs,
+            init: self.init,
+            modules_dir: self.modules_dir,
+            module: self.module,
+            modules: self.modules,
+            initramfs_file: self.initramfs_file,
+            lib_dir: self.lib_dir,
+            device_timeout_ms: self.device_timeout_ms,
+            bootloader: self.bootloader,
+            grub_modules: self.grub_modules,
+            grub_modules_dir: self.grub_modules_dir,
+            cmdline: self.cmdline,
+            esp_size: self.esp_size,
+            root_size: self.root_size,
+            cocos_size: self.cocos_size,
+            seed: self.seed,
+            root_owned: self.root_owned,
+            partitions: Vec::new(),
+            verity: None,
         }
-    }
-    for spec in &mut args.initramfs_file {
-        let mut file: ExtraFile = spec
-            .parse()
-            .with_context(|| format!("{}: initramfs-file", path.display()))?;
-        if file.source.is_relative() {
-            file.source = base.join(&file.source);
-            *spec = extra_file_string(&file);
-        }
-    }
-    Ok(args)
-}
-
-fn extra_file_string(f: &ExtraFile) -> String {
-    match f.mode {
-        Some(m) => format!("{}:{}:{m:o}", f.source.display(), f.dest),
-        None => format!("{}:{}", f.source.display(), f.dest),
     }
 }
 
@@ -327,11 +274,11 @@ fn module_list(module: Vec<String>, modules: Option<String>) -> Vec<String> {
 /// `--init FILE` and the other generation options. The flags choose if
 /// they give either; otherwise image.toml does.
 fn initramfs_source(
-    flags: &mut BuildArgs,
-    file: &mut BuildArgs,
+    flags: &mut ImageSpec,
+    file: &mut ImageSpec,
     source_date_epoch: i64,
 ) -> Result<InitramfsSource> {
-    let generation_options = |a: &BuildArgs| {
+    let generation_options = |a: &ImageSpec| {
         let mut given = Vec::new();
         if a.modules_dir.is_some() {
             given.push("modules-dir");
@@ -382,17 +329,16 @@ fn initramfs_source(
         }
         (None, Some(init)) => {
             // Flags win over the file, option by option (lists as a whole).
-            let pick_list = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
+            fn pick_list<T>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
+                if a.is_empty() { b } else { a }
+            }
             let modules_flags =
                 module_list(std::mem::take(&mut flags.module), flags.modules.take());
             let modules_file = module_list(std::mem::take(&mut file.module), file.modules.take());
             let files = pick_list(
                 std::mem::take(&mut flags.initramfs_file),
                 std::mem::take(&mut file.initramfs_file),
-            )
-            .iter()
-            .map(|s| s.parse::<ExtraFile>().context("--initramfs-file"))
-            .collect::<Result<Vec<_>>>()?;
+            );
             let lib_dirs = if flags.lib_dir.is_empty() {
                 std::mem::take(&mut file.lib_dir)
             } else {
@@ -414,15 +360,17 @@ fn initramfs_source(
     }
 }
 
-fn run_build(mut flags: BuildArgs) -> Result<()> {
-    let mut file = match &flags.config {
-        Some(path) => load_config(path)?,
-        None => BuildArgs::default(),
+fn run_build(flags: BuildArgs) -> Result<()> {
+    let json = flags.json;
+    let config = flags.config.clone();
+    let mut file = match &config {
+        Some(path) => ImageSpec::load(path)?,
+        None => ImageSpec::default(),
     };
+    let mut flags = flags.into_spec();
     let source_date_epoch = source_date_epoch()?;
     let initramfs = initramfs_source(&mut flags, &mut file, source_date_epoch)?;
     // Flags win over the file.
-    let json = flags.json;
     let pick = |a: Option<PathBuf>, b: Option<PathBuf>| a.or(b);
     let out = pick(flags.out, file.out).context("--out DIR is required")?;
     let rootfs = pick(flags.rootfs, file.rootfs).context("--rootfs DIR|TAR is required")?;
@@ -444,12 +392,19 @@ fn run_build(mut flags: BuildArgs) -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from(grub::DEFAULT_MODULES_DIR)),
         },
     };
-    let size = |a: Option<String>, b: Option<String>, default: Option<&str>, what: &str| {
-        a.or(b)
-            .or(default.map(String::from))
-            .map(|s| parse_size(&s).with_context(|| format!("--{what}")))
-            .transpose()
+    // The partition table: the file's (or the default), with the sizes the
+    // flags or the file's size keys give.
+    let table = ImageSpec {
+        esp_size: flags.esp_size.or(file.esp_size),
+        root_size: flags.root_size.or(file.root_size),
+        cocos_size: flags.cocos_size.or(file.cocos_size),
+        partitions: file.partitions,
+        ..ImageSpec::default()
     };
+    let partitions = table.partition_table().with_context(|| match &config {
+        Some(path) => format!("{}: partition table", path.display()),
+        None => "partition table".into(),
+    })?;
     let cfg = BuildConfig {
         out_dir: out,
         rootfs,
@@ -457,11 +412,8 @@ fn run_build(mut flags: BuildArgs) -> Result<()> {
         initramfs,
         bootloader,
         cmdline: flags.cmdline.or(file.cmdline).unwrap_or_default(),
-        esp_size: size(flags.esp_size, file.esp_size, Some("256M"), "esp-size")?
-            .unwrap_or(256 << 20),
-        root_size: size(flags.root_size, file.root_size, None, "root-size")?,
-        cocos_size: size(flags.cocos_size, file.cocos_size, Some("20G"), "cocos-size")?
-            .unwrap_or(20 << 30),
+        partitions,
+        verity: file.verity.unwrap_or_default(),
         seed: flags.seed.or(file.seed).unwrap_or_default(),
         source_date_epoch,
         root_owned: flags.root_owned || file.root_owned,

@@ -8,6 +8,35 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+/// The purpose labels of the values an image derives from its seed. Each
+/// names one value; changing a label changes that value in every image.
+pub mod purpose {
+    /// The GPT disk GUID.
+    pub const GPT_DISK: &str = "gpt:disk";
+    /// The ESP's unique partition GUID.
+    pub const GPT_ESP: &str = "gpt:esp";
+    /// Placeholder GUIDs of the root and its hash partition while the
+    /// root hash is not known yet (never written to a finished image).
+    pub const GPT_ROOT_PLACEHOLDER: &str = "gpt:root-placeholder";
+    /// See [`GPT_ROOT_PLACEHOLDER`].
+    pub const GPT_VERITY_PLACEHOLDER: &str = "gpt:verity-placeholder";
+    /// The FAT volume ID of the ESP.
+    pub const ESP_VOLUME_ID: &str = "esp:volume-id";
+    /// The ext4 filesystem UUID of the root.
+    pub const EXT4_UUID: &str = "ext4:uuid";
+    /// The ext4 directory hash seed of the root.
+    pub const EXT4_HASH_SEED: &str = "ext4:hash-seed";
+    /// The dm-verity salt.
+    pub const VERITY_SALT: &str = "verity:salt";
+    /// The dm-verity superblock UUID.
+    pub const VERITY_UUID: &str = "verity:uuid";
+
+    /// The unique partition GUID of a data partition (`gpt:cocos`).
+    pub fn gpt_partition(label: &str) -> String {
+        format!("gpt:{label}")
+    }
+}
+
 /// The image seed (`--seed UUID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seed(Uuid);
@@ -31,7 +60,7 @@ impl Seed {
         h.finalize().into()
     }
 
-    /// A UUID for `purpose` (e.g. `"gpt-disk"`, `"partition:esp"`).
+    /// A UUID for `purpose` (one of [`purpose`], e.g. `"gpt:disk"`).
     pub fn uuid_for(&self, purpose: &str) -> Uuid {
         let d = self.digest(purpose);
         let mut b = [0u8; 16];

@@ -694,6 +694,216 @@ fn inspect_refuses_a_superblock_that_overruns_the_root_partition() {
     );
 }
 
+/// The default partition table and verity parameters, written out in full
+/// in an image description, build exactly what the flags build; the
+/// description is the data `build` follows.
+#[test]
+fn an_explicit_default_table_builds_the_same_image() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let by_flags = work.path().join("flags");
+    build(&inp, &inp.tree_a, &by_flags, "1700000000", SEED);
+    let config = work.path().join("image.toml");
+    fs::write(
+        &config,
+        format!(
+            "seed = \"{SEED}\"\nroot-owned = true\ncmdline = \"console=ttyS0\"\n\
+             [verity]\nalgorithm = \"sha256\"\ndata-block-size = 4096\n\
+             hash-block-size = 4096\nsalt-seed = \"verity:salt\"\nuuid-seed = \"verity:uuid\"\n\
+             [[partition]]\nrole = \"esp\"\nlabel = \"esp\"\ntype = \"esp\"\n\
+             size = \"256M\"\nuuid = \"seed:gpt:esp\"\nfilesystem = \"vfat\"\n\
+             [[partition]]\nrole = \"root\"\nlabel = \"root\"\ntype = \"root-x86-64\"\n\
+             size = \"auto\"\nuuid = \"root-hash-first-half\"\nfilesystem = \"ext4\"\n\
+             [[partition]]\nrole = \"root-verity\"\nlabel = \"root-verity\"\n\
+             type = \"2c7357ed-ebd2-46d9-aec1-23d437ec2bf5\"\nuuid = \"root-hash-last-half\"\n\
+             [[partition]]\nrole = \"data\"\nlabel = \"cocos\"\ntype = \"linux-data\"\n\
+             size = \"1G\"\nuuid = \"seed:gpt:cocos\"\nfilesystem = \"none\"\n"
+        ),
+    )
+    .unwrap();
+    let described = work.path().join("described");
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args(["build", "--json", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&described)
+            .arg("--rootfs")
+            .arg(&inp.tree_a)
+            .arg("--kernel")
+            .arg(&inp.kernel)
+            .arg("--initramfs")
+            .arg(&inp.initrd)
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    assert_eq!(digests(&described), digests(&by_flags));
+}
+
+/// A table of another shape: a second blank partition with a fixed GUID
+/// and relabelled root partitions. sfdisk shows the table as described,
+/// sgdisk finds no problem, and inspect still finds and verifies the root
+/// (by its type).
+#[test]
+fn a_described_partition_table_is_built_as_described() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("image.toml");
+    let scratch = "8d4e2a3c-1b5f-4a6e-9c7d-0e1f2a3b4c5d";
+    fs::write(
+        &config,
+        format!(
+            "seed = \"{SEED}\"\nroot-owned = true\n\
+             [[partition]]\nrole = \"esp\"\nsize = \"64M\"\n\
+             [[partition]]\nrole = \"root\"\nlabel = \"system\"\nsize = \"16M\"\n\
+             [[partition]]\nrole = \"root-verity\"\nlabel = \"system-hash\"\n\
+             [[partition]]\nrole = \"data\"\nlabel = \"cocos\"\nsize = \"32M\"\n\
+             [[partition]]\nrole = \"data\"\nlabel = \"scratch\"\nsize = \"8M\"\n\
+             uuid = \"{scratch}\"\ntype = \"0657fd6d-a4ab-43c4-84e5-0933c84b4f4f\"\n"
+        ),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let summary: serde_json::Value = serde_json::from_slice(
+        &run_ok(
+            Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+                .args(["build", "--json", "--config"])
+                .arg(&config)
+                .arg("--out")
+                .arg(&out)
+                .arg("--rootfs")
+                .arg(&inp.tree_a)
+                .arg("--kernel")
+                .arg(&inp.kernel)
+                .arg("--initramfs")
+                .arg(&inp.initrd)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        )
+        .stdout,
+    )
+    .unwrap();
+    let disk = out.join("disk.img");
+    let v = run_ok(tool("sgdisk").arg("-v").arg(&disk));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"));
+    let table: serde_json::Value =
+        serde_json::from_slice(&run_ok(tool("sfdisk").arg("--json").arg(&disk)).stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let field = |k: &str| -> Vec<String> {
+        parts
+            .iter()
+            .map(|p| p[k].as_str().unwrap().to_lowercase())
+            .collect()
+    };
+    assert_eq!(
+        field("name"),
+        ["esp", "system", "system-hash", "cocos", "scratch"]
+    );
+    assert_eq!(
+        field("type")[4],
+        "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f",
+        "the swap type GUID given"
+    );
+    assert_eq!(field("uuid")[4], scratch);
+    let root_hash = summary["root_hash"].as_str().unwrap();
+    assert_eq!(field("uuid")[1].replace('-', ""), root_hash[..32]);
+    assert_eq!(field("uuid")[2].replace('-', ""), root_hash[32..]);
+    // Sizes in 512-byte sectors: 64M, 16M, then 32M and 8M.
+    let sizes: Vec<u64> = parts.iter().map(|p| p["size"].as_u64().unwrap()).collect();
+    assert_eq!(
+        (sizes[0], sizes[1], sizes[3], sizes[4]),
+        (64 << 11, 16 << 11, 32 << 11, 8 << 11)
+    );
+    let (code, v, stderr) = inspect_json(&disk);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["verification"]["root_verified"], true);
+}
+
+/// A description that cannot be built is refused before anything is
+/// written, with the file, the key and the reason.
+#[test]
+fn bad_image_descriptions_name_the_file_the_key_and_the_reason() {
+    let inp = inputs();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("image.toml");
+    let base = "[[partition]]\nrole = \"esp\"\n[[partition]]\nrole = \"root\"\n\
+                [[partition]]\nrole = \"root-verity\"\n";
+    for (text, needle) in [
+        (
+            format!("{base}[[partition]]\nrole = \"data\"\nlabel = \"cocos\"\nsise = \"1G\"\n"),
+            "unknown field `sise`",
+        ),
+        (
+            format!("{base}[[partition]]\nrole = \"root\"\nlabel = \"r2\"\n"),
+            "partition: 2 partitions have role = \"root\"",
+        ),
+        (
+            "[[partition]]\nrole = \"esp\"\n[[partition]]\nrole = \"root-verity\"\n".to_string(),
+            "partition: no partition has role = \"root\"",
+        ),
+        (
+            format!("{base}[[partition]]\nrole = \"data\"\nlabel = \"esp\"\nsize = \"1G\"\n"),
+            "partition[4].label: \"esp\" is the label of an earlier partition",
+        ),
+        (
+            format!(
+                "{base}[[partition]]\nrole = \"data\"\nlabel = \"big\"\nsize = \"99999999T\"\n"
+            ),
+            "is too large",
+        ),
+        (
+            format!("{base}[verity]\nhash-block-size = 1000\n"),
+            "verity.hash-block-size",
+        ),
+    ] {
+        fs::write(&config, &text).unwrap();
+        let out = work.path().join("out");
+        let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            .args(["build", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .arg("--rootfs")
+            .arg(&inp.tree_a)
+            .arg("--kernel")
+            .arg(&inp.kernel)
+            .arg("--initramfs")
+            .arg(&inp.initrd)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}: {stderr}");
+        assert!(
+            stderr.contains(&config.display().to_string()) && stderr.contains(needle),
+            "{needle:?} or the file not in {stderr:?}"
+        );
+        assert!(!out.join("disk.img").exists());
+    }
+    // A --cocos-size with no cocos partition in the table.
+    fs::write(
+        &config,
+        format!("{base}[[partition]]\nrole = \"data\"\nlabel = \"other\"\nsize = \"1M\"\n"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        .args(["build", "--cocos-size", "1G", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(work.path().join("out"))
+        .arg("--rootfs")
+        .arg(&inp.tree_a)
+        .arg("--kernel")
+        .arg(&inp.kernel)
+        .arg("--initramfs")
+        .arg(&inp.initrd)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr.contains("cocos-size: the partition table has no such partition"),
+        "{stderr}"
+    );
+}
+
 /// `--config image.toml` (paths relative to the file, a tar archive as the
 /// root tree) builds exactly what the same flags build from the directory;
 /// a flag given with `--config` wins over the file.

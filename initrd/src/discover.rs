@@ -28,8 +28,9 @@ use cocos_imgbuild::gpt::{self, DiskLayout};
 use thiserror::Error;
 use uuid::Uuid;
 
-/// GPT partition name of the writable partition.
-pub const COCOS_PARTITION_NAME: &str = "cocos";
+/// GPT partition name of the writable partition (the label `build` gives
+/// it: one constant for both).
+pub const COCOS_PARTITION_NAME: &str = gpt::label::COCOS;
 /// The disk of the fallback.
 pub const FALLBACK_DISK: &str = "/dev/sda";
 /// Partition numbers of root, verity and cocos in the fallback.
