@@ -71,12 +71,37 @@ pub struct Ext4Options {
     /// At least this many inodes (for a filesystem that will be written
     /// to, such as `/cocos`); by default just those the tree needs.
     pub min_inodes: Option<u64>,
-    /// Write only the inode table blocks that hold used inodes, and mark
-    /// the rest unused (`uninit_bg`): the kernel never reads them. For a
+    /// Write only the inode table blocks that hold used inodes (and the
+    /// one after them, which the kernel's inode readahead reads: see
+    /// [`lazy_itable_blocks`]), and mark the rest unused (`uninit_bg`):
+    /// the kernel never reads them. For a
     /// large empty filesystem on a device where writing is slow (the
     /// `/cocos` partition under dm-integrity). Off for images, whose unused
     /// blocks are zeros anyway.
     pub lazy_inode_tables: bool,
+}
+
+/// Inode table blocks written at the start of a group's table with lazy
+/// inode tables, when the group has `used` inodes in use (the first `used`
+/// of the group; `bg_itable_unused` says the rest are unused) and its
+/// table is `table_blocks` long.
+///
+/// Not just the blocks holding those inodes: when the kernel reads an inode
+/// block from disk, it also reads ahead the group's table up to and
+/// *including* block `used / INODES_PER_BLOCK` (`__ext4_get_inode_loc` in
+/// fs/ext4/inode.c: `table += num / inodes_per_block; ... while (b <= end)`,
+/// with `num` the inodes in use). When `used` fills whole blocks, that is
+/// the first unused block, read at the mount's first inode read (the root
+/// directory). On a device where a never-written block cannot be read (the
+/// `/cocos` partition under dm-integrity: `INTEGRITY AEAD ERROR`), it must
+/// be written too. A group without used inodes (`INODE_UNINIT`) has no
+/// inode the kernel would read, so none of its table is written.
+pub fn lazy_itable_blocks(used: u64, table_blocks: u64) -> u64 {
+    if used == 0 {
+        0
+    } else {
+        (used / INODES_PER_BLOCK + 1).min(table_blocks)
+    }
 }
 
 /// The `uninit_bg` descriptor checksum (the kernel's `ext4_group_desc_csum`
@@ -509,8 +534,8 @@ impl Ext4Plan {
             .last()
             .map_or(FIRST_INO, |i| i.ino)
             .max(FIRST_INO) as u64;
-        // Inode tables (with lazy tables: the blocks holding used inodes;
-        // the used inodes are 1..=max_ino).
+        // Inode tables (with lazy tables: the blocks the kernel reads; the
+        // used inodes are 1..=max_ino).
         let per_group = (g.inodes_per_group * INODE_SIZE) as usize;
         let lazy = self.options.lazy_inode_tables;
         let used_in = |grp: u64| -> u64 {
@@ -519,7 +544,7 @@ impl Ext4Plan {
         };
         for (grp, &start) in inode_tables.iter().enumerate() {
             let len = if lazy {
-                (used_in(grp as u64) * INODE_SIZE).next_multiple_of(BLOCK_SIZE) as usize
+                (lazy_itable_blocks(used_in(grp as u64), g.itable_blocks) * BLOCK_SIZE) as usize
             } else {
                 per_group
             };
