@@ -288,7 +288,8 @@ mod tests {
         // block (block 7 of a 256 MiB partition: "INTEGRITY AEAD ERROR,
         // sector 56"; block 131 at 8 GiB: sector 1048). Each of those
         // blocks must have been written, for the partition sizes of the
-        // issue; where the tables are comes from dumpe2fs.
+        // issue; where the tables are comes from dumpe2fs. The readahead
+        // is also switched off for every mount of the filesystem.
         let t = tempfile::tempdir().unwrap();
         let mut failures = Vec::new();
         for size in [250u64 << 20, 8 << 30] {
@@ -323,6 +324,12 @@ mod tests {
                     "{size} bytes: the kernel reads blocks {unwritten:?}, never written"
                 ));
             }
+            assert!(
+                dump.lines()
+                    .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                        == ["Mount", "options:", "inode_readahead_blks=0"]),
+                "{dump}"
+            );
         }
         assert!(failures.is_empty(), "{failures:#?}");
     }

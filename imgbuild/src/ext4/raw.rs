@@ -195,9 +195,15 @@ pub struct Superblock {
     pub s_reserved_pad: U16,
     /// Lifetime kilobytes written.
     pub s_kbytes_written: U64,
-    /// Error tracking, snapshots, quota, encryption and other fields this
-    /// writer leaves zero (offsets 0x180..0x274).
-    pub s_reserved_a: [u8; 0x274 - 0x180],
+    /// Error tracking and snapshot fields this writer leaves zero (offsets
+    /// 0x180..0x200).
+    pub s_reserved_a: [u8; 0x200 - 0x180],
+    /// Default mount options as text (NUL-padded), applied by the kernel
+    /// before the options of each mount (`tune2fs -E mount_opts=`).
+    pub s_mount_opts: [u8; 64],
+    /// Quota inodes, overhead, backup groups, encryption and other fields
+    /// this writer leaves zero (offsets 0x240..0x274).
+    pub s_reserved_c: [u8; 0x274 - 0x240],
     /// High bytes of the timestamps (wtime, mtime, mkfs_time, lastcheck, ...).
     pub s_time_hi: [u8; 8],
     /// Filename charset encoding, encoding flags, orphan file, padding and

@@ -73,8 +73,9 @@ pub struct Ext4Options {
     pub min_inodes: Option<u64>,
     /// Write only the inode table blocks that hold used inodes (and the
     /// one after them, which the kernel's inode readahead reads: see
-    /// [`lazy_itable_blocks`]), and mark the rest unused (`uninit_bg`):
-    /// the kernel never reads them. For a
+    /// [`lazy_itable_blocks`]), mark the rest unused (`uninit_bg`) and
+    /// switch inode readahead off ([`LAZY_MOUNT_OPTIONS`]): the kernel
+    /// never reads them. For a
     /// large empty filesystem on a device where writing is slow (the
     /// `/cocos` partition under dm-integrity). Off for images, whose unused
     /// blocks are zeros anyway.
@@ -96,6 +97,12 @@ pub struct Ext4Options {
 /// `/cocos` partition under dm-integrity: `INTEGRITY AEAD ERROR`), it must
 /// be written too. A group without used inodes (`INODE_UNINIT`) has no
 /// inode the kernel would read, so none of its table is written.
+///
+/// That covers the filesystem as written. Once the kernel allocates more
+/// inodes, the same readahead reaches the block after them, unwritten
+/// until the kernel's lazy itable initialisation zeroes it (it starts up
+/// to 5 s after the mount); so lazy filesystems also carry
+/// [`LAZY_MOUNT_OPTIONS`].
 pub fn lazy_itable_blocks(used: u64, table_blocks: u64) -> u64 {
     if used == 0 {
         0
@@ -103,6 +110,14 @@ pub fn lazy_itable_blocks(used: u64, table_blocks: u64) -> u64 {
         (used / INODES_PER_BLOCK + 1).min(table_blocks)
     }
 }
+
+/// Default mount options of a filesystem with lazy inode tables
+/// (`s_mount_opts`, applied by the kernel to every mount before the
+/// mount's own options): no inode table readahead, which would read the
+/// unused block after the inodes in use (see [`lazy_itable_blocks`]). Each
+/// inode block is then read when one of its inodes is needed, and only
+/// blocks holding inodes in use are read.
+pub const LAZY_MOUNT_OPTIONS: &str = "inode_readahead_blks=0";
 
 /// The `uninit_bg` descriptor checksum (the kernel's `ext4_group_desc_csum`
 /// without metadata_csum): CRC-16 (poly 0x8005 reflected, initial 0xFFFF,
@@ -680,6 +695,10 @@ impl Ext4Plan {
                 | RO_COMPAT_EXTRA_ISIZE
                 | gdt_csum,
         );
+        if self.options.lazy_inode_tables {
+            let opts = LAZY_MOUNT_OPTIONS.as_bytes();
+            sb.s_mount_opts[..opts.len()].copy_from_slice(opts);
+        }
         sb.s_uuid = *self.options.uuid.as_bytes();
         let label = self.options.label.as_bytes();
         let n = label.len().min(16);
