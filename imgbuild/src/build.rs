@@ -787,11 +787,21 @@ pub fn build(
             p.size,
         ));
     }
-    for (name, file) in [
+    // A generated initramfs's digest is known from when it was made; a
+    // prebuilt one is read back.
+    let known_initramfs = generated.as_ref().map(|(_, summary, _)| FileDigest {
+        path: artifact::INITRAMFS.into(),
+        size: summary.size,
+        sha256: summary.sha256.clone(),
+    });
+    let mut read_back = vec![
         (artifact::VERITY, &verity_file),
         (artifact::ROOTHASH, &roothash_file),
-        (artifact::INITRAMFS, &initramfs),
-    ] {
+    ];
+    if known_initramfs.is_none() {
+        read_back.push((artifact::INITRAMFS, &initramfs));
+    }
+    for (name, file) in read_back {
         let len = file
             .metadata()
             .map_err(io_err(&cfg.out_dir.join(name), "stat"))?
@@ -805,6 +815,7 @@ pub fn build(
             .map(|(name, file, offset, len)| digest_range(file, name, *offset, *len))
             .collect::<Result<Vec<_>, _>>()?
     };
+    artifacts.extend(known_initramfs);
     // The ESP: fill the reserved room, hash the rest.
     let (mut esp, mut esp_hash) = early_esp
         .join()

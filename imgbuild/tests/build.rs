@@ -1156,6 +1156,24 @@ fn build_with_init_generates_a_reproducible_initramfs() {
         .map(|i| i["path"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["kernel", "init", "initramfs-file:/etc/motd"]);
+    // The generated archive's digest (known when it was made, not read
+    // back) is the file's, as sha256sum computes it.
+    let recorded = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["path"] == "rootfs.cpio.gz")
+        .unwrap();
+    let sum = run_ok(tool("sha256sum").arg(&initrd));
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        recorded["sha256"].as_str().unwrap(),
+        sum.split_whitespace().next().unwrap()
+    );
+    assert_eq!(
+        recorded["size"].as_u64().unwrap(),
+        fs::metadata(&initrd).unwrap().len()
+    );
     assert_eq!(
         manifest["initramfs"]["modules"],
         serde_json::json!([

@@ -385,7 +385,14 @@ impl Archive {
     /// The whole archive: [`Archive::members`], the trailer, and zeros up
     /// to a multiple of 512 bytes.
     pub fn to_bytes(&self, mtime: u32) -> Result<Vec<u8>, CpioError> {
-        let members = self.members(mtime)?;
+        encode_archive(&self.members(mtime)?)
+    }
+}
+
+/// The whole archive of `members` (as [`Archive::members`] gives them):
+/// each member, the trailer, and zeros up to a multiple of 512 bytes.
+pub fn encode_archive(members: &[Member]) -> Result<Vec<u8>, CpioError> {
+    {
         let mut out = Vec::with_capacity(
             members
                 .iter()
@@ -393,7 +400,7 @@ impl Archive {
                 .sum::<usize>()
                 + BLOCK,
         );
-        for m in &members {
+        for m in members {
             m.encode(&mut out)?;
         }
         Member::trailer().encode(&mut out)?;

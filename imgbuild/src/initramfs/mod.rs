@@ -559,11 +559,18 @@ impl Initramfs {
 
     /// The compressed archive and its summary.
     pub fn compressed(&self) -> Result<(Vec<u8>, InitramfsSummary), InitramfsError> {
+        // One list of members (one copy of the file data) for both the
+        // summary and the archive bytes.
         let members = self.members()?;
-        let cpio = self.cpio()?;
+        let cpio = cpio::encode_archive(&members).map_err(|source| InitramfsError::Archive {
+            what: "the archive".into(),
+            source,
+        })?;
+        let entries = members.iter().map(entry_summary).collect();
+        drop(members);
         let gz = gzip(&cpio).map_err(io_err(Path::new("<memory>"), "compress"))?;
         let summary = InitramfsSummary {
-            entries: members.iter().map(entry_summary).collect(),
+            entries,
             kernel_version: self.kernel_version.clone(),
             modules: self.modules.clone(),
             builtin_modules: self.builtin_modules.clone(),
