@@ -1,6 +1,6 @@
 //! `cocos-init`: the initramfs PID 1 of a confidential VM.
 //!
-//! It implements the boot flow of DESIGN.md: mount the kernel's
+//! It implements the boot flow in six steps: mount the kernel's
 //! filesystems and load the modules the builder listed ([`config`],
 //! [`modules`], [`mounts`]); read `roothash=` and the options from the
 //! kernel command line ([`cmdline`]); find the root, verity and cocos

@@ -1,5 +1,5 @@
-//! `cocos-init`: PID 1 of the initramfs. The boot steps of DESIGN.md
-//! "Boot flow", in order; each failure ends in one FATAL line and power-off
+//! `cocos-init`: PID 1 of the initramfs. The six boot steps (the crate
+//! documentation lists them), in order; each failure ends in one FATAL line and power-off
 //! (see the library's modules for the how and why of each step).
 
 use std::convert::Infallible;

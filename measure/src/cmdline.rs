@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn image_command_line_gives_the_root_hash_and_nothing_else() {
-        // The line cocos-imgbuild writes into grub.cfg (DESIGN.md "Artifacts").
+        // The line cocos-imgbuild writes into the GRUB configuration.
         let line = format!(
             "BOOT_IMAGE=/bzImage roothash={HASH} systemd.verity=0 systemd.gpt_auto=0 console=ttyS0\n"
         );
