@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{run_ok, tool};
+use common::{e2fsck_clean, fsck_fat_clean, run_ok, tool};
 use sha2::{Digest, Sha256};
 
 const SEED: &str = "0c0c0a1b-2c3d-4e5f-8a9b-abcdefabcdef";
@@ -205,11 +205,14 @@ fn build_is_verifiable_and_reproducible() {
         format!("{root_hash}\n")
     );
 
-    // Filesystems.
-    run_ok(tool("e2fsck").arg("-fn").arg(out1.join("rootfs.ext4")));
+    // Filesystems: e2fsck and fsck.fat print nothing but their summaries.
+    e2fsck_clean(&out1.join("rootfs.ext4"));
     let p1 = work.path().join("p1");
     extract(&disk, partition(&disk, 1), &p1);
-    run_ok(tool("fsck.fat").arg("-n").arg(&p1));
+    let (files, _, _) = fsck_fat_clean(&p1);
+    // fsck.fat counts directory entries: the volume label, the
+    // directories EFI and EFI/BOOT, and the four files.
+    assert_eq!(files, 7);
     let cfg = run_ok(
         tool("mtype")
             .env("MTOOLS_SKIP_CHECK", "1")
@@ -409,6 +412,35 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
     let o = inspect(&disk);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The root hash inspect reports is one veritysetup verifies the
+    // partitions with, and its verity parameters are the superblock's as
+    // veritysetup dump reads them.
+    let root_hash = v["root_hash"].as_str().unwrap();
+    let (p2, p3) = (work.path().join("p2"), work.path().join("p3"));
+    extract(&disk, partition(&disk, 2), &p2);
+    extract(&disk, partition(&disk, 3), &p3);
+    run_ok(
+        tool("veritysetup")
+            .arg("verify")
+            .arg(&p2)
+            .arg(&p3)
+            .arg(root_hash),
+    );
+    let dump = run_ok(tool("veritysetup").arg("dump").arg(&p3));
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let field = |name: &str| {
+        dump.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in {dump}"))
+    };
+    assert_eq!(v["verity"]["uuid"], field("UUID:"));
+    assert_eq!(v["verity"]["algorithm"], field("Hash algorithm:"));
+    assert_eq!(v["verity"]["salt"], field("Salt:"));
+    assert_eq!(
+        v["verity"]["data_blocks"].as_u64().unwrap().to_string(),
+        field("Data blocks:")
+    );
     assert_eq!(v["root_hash"], summary["root_hash"]);
     assert_eq!(v["kernel_cmdline"], summary["kernel_cmdline"]);
     assert_eq!(v["verification"]["ok"], true);

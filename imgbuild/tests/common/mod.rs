@@ -14,6 +14,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("debugfs", "e2fsprogs"),
     ("fsck.fat", "dosfstools"),
     ("mtype", "mtools"),
+    ("mcopy", "mtools"),
+    ("mdir", "mtools"),
+    ("grub-mkimage", "grub-common"),
+    ("readelf", "binutils"),
     ("sgdisk", "gdisk"),
     ("sfdisk", "fdisk"),
     ("sha256sum", "coreutils"),
@@ -46,4 +50,62 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `fsck.fat -n -V -U -S` must succeed and print nothing but its version
+/// line, its two pass lines and the summary line (any warning or repair
+/// adds lines). Returns (files, used clusters, total clusters) from the
+/// summary.
+pub fn fsck_fat_clean(image: &Path) -> (u64, u64, u64) {
+    let o = tool("fsck.fat")
+        .args(["-n", "-V", "-U", "-S"])
+        .arg(image)
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "fsck.fat found problems:\n{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    let unexpected: Vec<&&str> = lines
+        .iter()
+        .filter(|l| {
+            !l.starts_with("fsck.fat ")
+                && !l.contains(" files, ")
+                && **l != "Starting check/repair pass."
+                && **l != "Starting verification pass."
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "fsck.fat printed warnings:\n{out}");
+    let summary = lines
+        .iter()
+        .find(|l| l.contains(" files, "))
+        .unwrap_or_else(|| panic!("no fsck.fat summary in:\n{out}"));
+    // "<image>: 6 files, 2052/516214 clusters"
+    let tail = summary.rsplit(": ").next().unwrap();
+    let mut words = tail.split_whitespace();
+    let files: u64 = words.next().unwrap().parse().unwrap();
+    words.next(); // "files,"
+    let (used, total) = words.next().unwrap().split_once('/').unwrap();
+    (files, used.parse().unwrap(), total.parse().unwrap())
+}
+
+/// `e2fsck -fn` must succeed and print only its five passes and the
+/// summary line: any other line is a problem it found.
+pub fn e2fsck_clean(image: &Path) {
+    let out = tool("e2fsck").arg("-fn").arg(image).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "e2fsck -fn found problems:\n{text}");
+    for line in text.lines() {
+        assert!(
+            line.starts_with("Pass ") || line.contains(" files (") || line.starts_with("e2fsck "),
+            "e2fsck said: {line}\n{text}"
+        );
+    }
 }
