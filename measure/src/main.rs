@@ -8,16 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use cli::{EXIT_ERROR, EXIT_MISMATCH};
 use cocos_measure::verity::{
     self, BlockSize, HashAlgorithm, ParamError, Salt, VerityError, VerityOptions, VerityReport,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use uuid::Uuid;
-
-/// Exit status when verification ran and found a mismatch.
-const EXIT_MISMATCH: u8 = 1;
-/// Exit status when the command could not run (bad input, I/O error).
-const EXIT_ERROR: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -228,7 +224,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Igvm(args) => cli::igvm::run(args),
         Command::IdBlock(args) => {
-            cli::idblock::run_id_block(args)?;
+            cli::idblock::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verity(VerityCommand::Format {

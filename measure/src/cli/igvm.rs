@@ -1,14 +1,17 @@
 //! `cocos-measure igvm`: launch digests of IGVM files, ID block checks and
-//! signing.
+//! signing (`igvm sign`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use cocos_measure::idblock::DEFAULT_POLICY;
+use cocos_measure::igvm::sign::{SignOptions, sign};
 use cocos_measure::igvm::{IgvmImage, Semantics};
+use cocos_measure::snp::LaunchDigest;
 
-use super::{OutputFormat, print_bytes};
+use super::{EXIT_MISMATCH, IdFields, OutputFormat, print_bytes, read_igvm};
 
 /// `--platform`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -32,7 +35,25 @@ pub struct IgvmArgs {
 #[derive(Subcommand)]
 enum IgvmCommand {
     /// Embed a signed SNP ID block in an IGVM file, as igvmmeasure sign does.
-    Sign(super::idblock::SignArgs),
+    Sign(SignArgs),
+}
+
+/// Options of `cocos-measure igvm sign`.
+#[derive(Args)]
+struct SignArgs {
+    /// The IGVM file to sign.
+    file: PathBuf,
+    #[command(flatten)]
+    fields: IdFields,
+    /// Where to write the signed file.
+    #[arg(long, value_name = "SIGNED.igvm")]
+    out: PathBuf,
+    /// Sign the digest igvmmeasure computes (see `igvm --help`).
+    #[arg(long, conflicts_with = "igvm_crate")]
+    igvmmeasure: bool,
+    /// Sign the digest of igvm 0.5.0's generate_snp_measurement.
+    #[arg(long)]
+    igvm_crate: bool,
 }
 
 /// Options of `cocos-measure igvm FILE`.
@@ -79,7 +100,7 @@ it on some files; --igvmmeasure and --igvm-crate reproduce them:
 On every file where the two tools agree, all three give the same digest.";
 
 /// The digest semantics the `--igvmmeasure`/`--igvm-crate` flags choose.
-pub(super) fn semantics(igvmmeasure: bool, igvm_crate: bool) -> Semantics {
+fn semantics(igvmmeasure: bool, igvm_crate: bool) -> Semantics {
     if igvmmeasure {
         Semantics::Igvmmeasure
     } else if igvm_crate {
@@ -89,26 +110,21 @@ pub(super) fn semantics(igvmmeasure: bool, igvm_crate: bool) -> Semantics {
     }
 }
 
-pub(super) fn read_image(path: &Path) -> Result<IgvmImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    IgvmImage::parse(&bytes).with_context(|| format!("{}: cannot parse", path.display()))
-}
-
 /// Runs `cocos-measure igvm ...`.
 pub fn run(args: IgvmArgs) -> Result<ExitCode> {
     if let Some(IgvmCommand::Sign(sign)) = args.command {
-        super::idblock::run_sign(sign)?;
+        run_sign(sign)?;
         return Ok(ExitCode::SUCCESS);
     }
     let m = args.measure;
     let Some(path) = m.file else {
-        anyhow::bail!("give the IGVM FILE to measure");
+        bail!("give the IGVM FILE to measure");
     };
-    let image = read_image(&path)?;
+    let image = read_igvm(&path)?;
     match m.platform {
         PlatformArg::Tdx => {
             if m.igvmmeasure || m.igvm_crate || m.native_zero || m.check_id_block {
-                anyhow::bail!(
+                bail!(
                     "--igvmmeasure, --igvm-crate, --native-zero and --check-id-block apply to --platform sev-snp"
                 );
             }
@@ -137,9 +153,67 @@ pub fn run(args: IgvmArgs) -> Result<ExitCode> {
             }
             print_bytes(&digest.0, "snp-igvm", "sha384", m.output_format)?;
             if m.check_id_block {
-                return super::idblock::check_igvm_id_block(&image, &digest, &path);
+                return check_id_block(&image, &digest, &path);
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `cocos-measure igvm sign`.
+fn run_sign(args: SignArgs) -> Result<()> {
+    let image = read_igvm(&args.file)?;
+    let (id_key, author_key) = args.fields.keys()?;
+    let semantics = semantics(args.igvmmeasure, args.igvm_crate);
+    let signed = sign(
+        &image,
+        &SignOptions {
+            id_key: &id_key,
+            author_key: author_key.as_ref(),
+            family_id: args.fields.family_id.unwrap_or_default(),
+            image_id: args.fields.image_id.unwrap_or_default(),
+            guest_svn: args.fields.guest_svn,
+            semantics,
+        },
+    )
+    .with_context(|| format!("{}: cannot sign", args.file.display()))?;
+    std::fs::write(&args.out, &signed.file)
+        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    println!("{}", hex::encode(signed.id_block.ld));
+    Ok(())
+}
+
+/// `igvm FILE --check-id-block`: compares the file's ID block with the
+/// computed digest and verifies its signatures. Exit status 1 on mismatch.
+fn check_id_block(image: &IgvmImage, digest: &LaunchDigest, path: &Path) -> Result<ExitCode> {
+    let Some(block) = image.snp_id_block()? else {
+        bail!("{}: the file has no SNP ID block to check", path.display());
+    };
+    if block.ld != digest.0 {
+        eprintln!(
+            "cocos-measure: {}: the ID block expects launch digest {}, but the file measures {}",
+            path.display(),
+            hex::encode(block.ld),
+            digest
+        );
+        return Ok(ExitCode::from(EXIT_MISMATCH));
+    }
+    let policy = image.snp_guest_policy()?.unwrap_or(DEFAULT_POLICY);
+    if let Err(e) = block.verify(policy) {
+        eprintln!(
+            "cocos-measure: {}: the ID block's launch digest matches, but {e}",
+            path.display()
+        );
+        return Ok(ExitCode::from(EXIT_MISMATCH));
+    }
+    eprintln!(
+        "{}: ID block matches the launch digest; signatures verify{}",
+        path.display(),
+        if block.author_key_enabled {
+            " (ID key and author key)"
+        } else {
+            " (ID key)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }

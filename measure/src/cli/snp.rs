@@ -11,7 +11,7 @@ use cocos_measure::snp::{
     cpu,
 };
 
-use super::{OutputFormat, print_digest};
+use super::{OutputFormat, parse_auto_int, print_digest};
 
 /// `--mode`: the guest type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -121,39 +121,6 @@ and --dump-vmsa in sev or snp:ovmf-hash mode are errors instead of being ignored
 
 fn parse_vmm(s: &str) -> Result<VmmType, String> {
     s.parse()
-}
-
-/// Parses an integer as Python's `int(s, 0)`: decimal, or 0x/0o/0b prefixed,
-/// with optional underscores between digits.
-pub fn parse_auto_int(s: &str) -> Result<u128, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let (digits, radix) = if let Some(r) = lower.strip_prefix("0x") {
-        (r, 16)
-    } else if let Some(r) = lower.strip_prefix("0o") {
-        (r, 8)
-    } else if let Some(r) = lower.strip_prefix("0b") {
-        (r, 2)
-    } else {
-        (lower.as_str(), 10)
-    };
-    let bad = || format!("{s:?} is not a number (decimal, or 0x.. hex, 0o.. octal, 0b.. binary)");
-    let clean = digits.strip_prefix('_').unwrap_or(digits);
-    if clean.is_empty() || clean.starts_with('_') || clean.ends_with('_') || clean.contains("__") {
-        return Err(bad());
-    }
-    // Python rejects decimal literals with leading zeros ("010").
-    if radix == 10
-        && clean.len() > 1
-        && clean.starts_with('0')
-        && !clean.trim_start_matches('0').is_empty()
-    {
-        return Err(bad());
-    }
-    if radix == 10 && digits.starts_with('_') {
-        return Err(bad());
-    }
-    u128::from_str_radix(&clean.replace('_', ""), radix).map_err(|_| bad())
 }
 
 fn parse_u64_auto(s: &str) -> Result<u64, String> {
@@ -359,22 +326,4 @@ fn vcpu_signature(args: &SnpArgs, mode: GuestMode) -> Result<u32> {
         );
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_auto_int;
-
-    #[test]
-    fn python_int_literals() {
-        assert_eq!(parse_auto_int("0x21"), Ok(0x21));
-        assert_eq!(parse_auto_int("33"), Ok(33));
-        assert_eq!(parse_auto_int("0"), Ok(0));
-        assert_eq!(parse_auto_int("000"), Ok(0));
-        assert_eq!(parse_auto_int("0X1_0"), Ok(16));
-        assert!(parse_auto_int("010").is_err());
-        assert!(parse_auto_int("0x").is_err());
-        assert!(parse_auto_int("xyz").is_err());
-        assert!(parse_auto_int("-1").is_err());
-    }
 }
