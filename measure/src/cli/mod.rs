@@ -1,6 +1,7 @@
 //! The subcommands of `cocos-measure`, one module each, over what they share.
 //!
 //! Each subcommand module depends only on this one, never on a sibling:
+//! - `verity` runs `verity format|verify|dump`, as veritysetup;
 //! - `snp` runs `snp`, as sev-snp-measure;
 //! - `igvm` runs `igvm FILE` (launch digest, TDX MRTD, `--check-id-block`)
 //!   and `igvm sign`;
@@ -13,6 +14,7 @@
 pub mod idblock;
 pub mod igvm;
 pub mod snp;
+pub mod verity;
 
 use std::path::{Path, PathBuf};
 
