@@ -4,7 +4,11 @@
 
 mod common;
 
-use cocos_measure::verity::{self, BlockSize, HashAlgorithm, Salt, VerityOptions};
+use std::collections::BTreeSet;
+
+use cocos_measure::verity::{
+    self, BlockSize, HashAlgorithm, RootHash, Salt, TreeParams, VerityOptions, VerityParams,
+};
 use common::{cocos_measure, field, pseudo_random, run_veritysetup};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -116,7 +120,7 @@ impl Case {
 
         let ours = dir.path().join("ours");
         let (report, _) = verity::format(&data, &ours, &self.options(), &|_| {}).unwrap();
-        let root = report.root_hash.as_ref().unwrap().to_hex();
+        let root = report.params.root_hash.as_ref().unwrap().to_hex();
 
         assert_eq!(root, reference_root, "root hash differs for {self:?}");
         let reference = std::fs::read(dir.path().join("reference")).unwrap();
@@ -257,7 +261,7 @@ fn data_and_hash_in_one_file_match() {
     };
     let (report, _) = verity::format(&path, &path, &opts, &|_| {}).unwrap();
     assert_eq!(
-        report.root_hash.unwrap().to_hex(),
+        report.params.root_hash.unwrap().to_hex(),
         field(&out.stdout, "Root hash:")
     );
     assert!(std::fs::read(dir.path().join("reference")).unwrap() == std::fs::read(&path).unwrap());
@@ -324,13 +328,76 @@ fn json_output_carries_what_veritysetup_prints() {
     assert_eq!(v["root_hash"], field(text, "Root hash:"));
     assert_eq!(v["uuid"], field(text, "UUID:"));
     assert_eq!(v["salt"], field(text, "Salt:"));
-    assert_eq!(v["hash_algorithm"], field(text, "Hash algorithm:"));
+    assert_eq!(v["algorithm"], field(text, "Hash algorithm:"));
     assert_eq!(v["data_blocks"].to_string(), field(text, "Data blocks:"));
     assert_eq!(v["hash_blocks"].to_string(), field(text, "Hash blocks:"));
     assert_eq!(
         format!("{} [bytes]", v["hash_area_end"]),
         field(text, "Hash device size:")
     );
+}
+
+/// `verity --json` names the parameters as `manifest.json` and `cocos-imgbuild
+/// inspect --json` do (they serialise `VerityParams`), leaving out a UUID
+/// without a superblock and the root hash from `dump`.
+#[test]
+fn json_names_the_parameters_as_the_manifest_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data"), pseudo_random(4096 * 40, 12)).unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = cocos_measure()
+            .arg("verity")
+            .args(args)
+            .arg("--json")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    let root = RootHash::from_hex(&"00".repeat(32), HashAlgorithm::Sha256).unwrap();
+    let manifest = VerityParams::new(&TreeParams::default(), 1)
+        .with_uuid(Some(Uuid::nil()))
+        .with_root_hash(Some(root));
+    let manifest = serde_json::to_value(manifest).unwrap();
+    let expected = |leave_out: &[&str], add: &[&str]| -> BTreeSet<String> {
+        let tree = [
+            "hash_blocks",
+            "levels",
+            "hash_offset",
+            "tree_offset",
+            "hash_area_end",
+        ];
+        let params = manifest.as_object().unwrap().keys().map(String::as_str);
+        params
+            .filter(|k| !leave_out.contains(k))
+            .chain(tree)
+            .chain(add.iter().copied())
+            .map(String::from)
+            .collect()
+    };
+
+    let uuid = format!("--uuid={UUID}");
+    let formatted = json(&["format", "data", "hash", "--salt=ab", &uuid]);
+    assert_eq!(keys(&formatted), expected(&[], &[]));
+    assert_eq!(
+        keys(&json(&["dump", "hash"])),
+        expected(&["root_hash"], &[])
+    );
+    let root = formatted["root_hash"].as_str().unwrap();
+    assert_eq!(
+        keys(&json(&["verify", "data", "hash", root])),
+        expected(&[], &["verified"])
+    );
+    let flat = json(&["format", "data", "flat", "--salt=ab", "--no-superblock"]);
+    assert_eq!(keys(&flat), expected(&["uuid"], &[]));
 }
 
 #[test]
@@ -404,6 +471,7 @@ fn random_salt_and_uuid_differ_between_runs_as_in_veritysetup() {
     let opts = VerityOptions::default();
     let (a, _) = verity::format(&data, &dir.path().join("a"), &opts, &|_| {}).unwrap();
     let (b, _) = verity::format(&data, &dir.path().join("b"), &opts, &|_| {}).unwrap();
+    let (a, b) = (a.params, b.params);
     assert_eq!(a.salt.as_bytes().len(), 32);
     assert_ne!(a.salt, b.salt);
     assert_ne!(a.uuid, b.uuid);

@@ -201,7 +201,7 @@ fn format(
     let bar = progress_bar(data, "hashing");
     let (report, _tree) = verity::format(data, hash, &opts.options(), &|n| bar.inc(n))?;
     bar.finish_and_clear();
-    if let (Some(path), Some(root)) = (root_hash_file, &report.root_hash) {
+    if let (Some(path), Some(root)) = (root_hash_file, &report.params.root_hash) {
         verity::write_root_hash_file(path, root)?;
     }
     let uuid_text = opts.uuid.map(|u| u.text);
@@ -230,7 +230,7 @@ fn verify(
             } else {
                 println!(
                     "Verified {} data blocks of {} against root hash {}.",
-                    report.data_blocks,
+                    report.params.data_blocks,
                     data.display(),
                     root_hash.trim()
                 );
@@ -268,20 +268,21 @@ fn print_report(
         return Ok(());
     }
     writeln!(out, "VERITY header information for {}", hash.display())?;
-    let uuid = match (r.uuid, uuid_text) {
+    let p = &r.params;
+    let uuid = match (p.uuid, uuid_text) {
         (Some(_), Some(text)) => text,
         (Some(uuid), None) => uuid.to_string(),
         (None, _) => String::new(),
     };
     writeln!(out, "UUID:            \t{uuid}")?;
-    writeln!(out, "Hash type:       \t{}", r.hash_type)?;
-    writeln!(out, "Data blocks:     \t{}", r.data_blocks)?;
-    writeln!(out, "Data block size: \t{}", r.data_block_size)?;
+    writeln!(out, "Hash type:       \t{}", p.hash_type)?;
+    writeln!(out, "Data blocks:     \t{}", p.data_blocks)?;
+    writeln!(out, "Data block size: \t{}", p.data_block_size)?;
     writeln!(out, "Hash blocks:     \t{}", r.hash_blocks)?;
-    writeln!(out, "Hash block size: \t{}", r.hash_block_size)?;
-    writeln!(out, "Hash algorithm:  \t{}", r.hash_algorithm)?;
-    writeln!(out, "Salt:            \t{}", r.salt.to_display_hex())?;
-    if let Some(root) = &r.root_hash {
+    writeln!(out, "Hash block size: \t{}", p.hash_block_size)?;
+    writeln!(out, "Hash algorithm:  \t{}", p.algorithm)?;
+    writeln!(out, "Salt:            \t{}", p.salt.to_display_hex())?;
+    if let Some(root) = &p.root_hash {
         writeln!(out, "Root hash:      \t{root}")?;
     }
     // veritysetup prints the device size only when the area starts at 0.

@@ -13,7 +13,9 @@ use uuid::Uuid;
 use super::check::{CheckError, HashArea, Mismatch};
 use super::error::{Corruption, VerityError, io_err};
 use super::geometry::{HashAreaLayout, TreeGeometry};
-use super::params::{BlockSize, HashAlgorithm, ParamError, RootHash, Salt, TreeParams};
+use super::params::{
+    BlockSize, HashAlgorithm, ParamError, RootHash, Salt, TreeParams, VerityParams,
+};
 use super::superblock::{SUPERBLOCK_SIZE, Superblock};
 use super::tree::{HashTree, HashTreeBuilder};
 
@@ -45,27 +47,17 @@ pub struct VerityOptions {
 }
 
 /// What `veritysetup format` and `veritysetup dump` report about a hash
-/// area, plus where the tree sits.
+/// area: its parameters, under the same names as in `manifest.json` and
+/// `cocos-imgbuild inspect --json`, plus the shape of the tree and where it
+/// sits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerityReport {
-    /// UUID from the superblock (none without one).
-    pub uuid: Option<Uuid>,
-    /// Hash format, always 1 (normal).
-    pub hash_type: u32,
-    /// Data blocks covered.
-    pub data_blocks: u64,
-    /// Data block size.
-    pub data_block_size: BlockSize,
+    /// Algorithm, block sizes, data blocks, salt, UUID (none without a
+    /// superblock) and root hash (none from `dump`).
+    #[serde(flatten)]
+    pub params: VerityParams,
     /// Blocks of the tree (superblock excluded).
     pub hash_blocks: u64,
-    /// Hash block size.
-    pub hash_block_size: BlockSize,
-    /// Hash algorithm.
-    pub hash_algorithm: HashAlgorithm,
-    /// Salt (hex).
-    pub salt: Salt,
-    /// Root hash, when known.
-    pub root_hash: Option<RootHash>,
     /// Number of tree levels.
     pub levels: usize,
     /// Offset of the hash area.
@@ -85,15 +77,10 @@ impl VerityReport {
         root_hash: Option<RootHash>,
     ) -> Self {
         VerityReport {
-            uuid,
-            hash_type: 1,
-            data_blocks: geometry.data_blocks(),
-            data_block_size: params.data_block_size,
+            params: VerityParams::new(params, geometry.data_blocks())
+                .with_uuid(uuid)
+                .with_root_hash(root_hash),
             hash_blocks: geometry.hash_blocks(),
-            hash_block_size: params.hash_block_size,
-            hash_algorithm: params.algorithm,
-            salt: params.salt.clone(),
-            root_hash,
             levels: geometry.levels().len(),
             hash_offset: layout.hash_offset,
             tree_offset: layout.tree_offset,

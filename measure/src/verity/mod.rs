@@ -29,7 +29,7 @@
 //! let opts = VerityOptions::default(); // sha256, 4 KiB blocks, random salt
 //! let (report, _tree) =
 //!     verity::format(Path::new("rootfs.ext4"), Path::new("rootfs.verity"), &opts, &|_| {})?;
-//! let root = report.root_hash.expect("format always reports a root hash");
+//! let root = report.params.root_hash.expect("format always reports a root hash");
 //! verity::verify(
 //!     Path::new("rootfs.ext4"),
 //!     Path::new("rootfs.verity"),
