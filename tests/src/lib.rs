@@ -189,3 +189,108 @@ pub fn section<'a>(log: &'a str, start: &str) -> Vec<&'a str> {
         .map(str::trim_end)
         .collect()
 }
+
+/// Text in a kernel line that reports an I/O or integrity error (besides
+/// the `device-mapper:` lines [`dm_info`] does not accept).
+const KERNEL_ERRORS: [&str; 5] = [
+    "I/O error",
+    "critical medium error",
+    "integrity: error",
+    "EXT4-fs error",
+    "INTEGRITY AEAD ERROR",
+];
+
+/// Whether `text` (a line from its `device-mapper:` on) is one of the
+/// informational lines of a clean boot of the development image (Debian's
+/// 6.1 kernel). The kernel prints device-mapper errors in the same form,
+/// at a log level the serial console does not show, so every other
+/// `device-mapper:` line counts as an error.
+fn dm_info(text: &str) -> bool {
+    let version = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if let Some(rest) = text.strip_prefix("device-mapper: ioctl: ") {
+        // 4.47.0-ioctl (2022-07-28) initialised: dm-devel@redhat.com
+        return rest.split_once("-ioctl (").is_some_and(|(v, tail)| {
+            version(v)
+                && tail
+                    .split_once(") ")
+                    .is_some_and(|(_, t)| t == "initialised: dm-devel@redhat.com")
+        });
+    }
+    if let Some(rest) = text.strip_prefix("device-mapper: verity: ") {
+        // sha256 using implementation "sha256-generic"
+        return rest
+            .split_once(" using implementation \"")
+            .and_then(|(alg, imp)| Some((alg, imp.strip_suffix('"')?)))
+            .is_some_and(|(alg, imp)| {
+                ![alg, imp]
+                    .iter()
+                    .any(|w| w.is_empty() || w.contains([' ', '"']))
+            });
+    }
+    if let Some(v) = text.strip_prefix("device-mapper: uevent: version ") {
+        return version(v);
+    }
+    text == "device-mapper: core: CONFIG_IMA_DISABLE_HTABLE is disabled. \
+             Duplicate IMA measurements will not be recorded in the IMA log."
+}
+
+/// The lines of a serial log in which the kernel reports an I/O or
+/// integrity error: any of [`KERNEL_ERRORS`], and every `device-mapper:`
+/// line that is not informational (such as `device-mapper: crypt: dm-1:
+/// INTEGRITY AEAD ERROR, sector 56` or `device-mapper: verity: 8:2: data
+/// block 504 is corrupted`).
+pub fn kernel_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .map(str::trim_end)
+        .filter(|line| {
+            KERNEL_ERRORS.iter().any(|e| line.contains(e))
+                || line
+                    .find("device-mapper:")
+                    .is_some_and(|at| !dm_info(&line[at..]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn informational_device_mapper_lines_are_not_errors() {
+        // The lines of a clean boot, as the serial console shows them.
+        let log = "[    7.795592] device-mapper: core: CONFIG_IMA_DISABLE_HTABLE is disabled. Duplicate IMA measurements will not be recorded in the IMA log.\r
+[    7.796230] device-mapper: uevent: version 1.0.3\r
+[    7.803943] device-mapper: ioctl: 4.47.0-ioctl (2022-07-28) initialised: dm-devel@redhat.com\r
+[    8.491777] device-mapper: verity: sha256 using implementation \"sha256-generic\"\r
+[    8.561194] EXT4-fs (dm-0): mounted filesystem without journal. Quota mode: none.\r
+";
+        assert_eq!(kernel_errors(log), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn device_mapper_errors_and_io_errors_are_errors() {
+        for line in [
+            // Issue 16, as the boot logged it.
+            "[    9.727788] trusted_key: device-mapper: crypt: dm-1: INTEGRITY AEAD ERROR, sector 56",
+            "[   20.584710] device-mapper: crypt: dm-1: INTEGRITY AEAD ERROR, sector 64",
+            "[   12.1] device-mapper: verity: 8:2: data block 504 is corrupted",
+            "[   12.1] device-mapper: integrity: dm-1: Checksum failed at sector 0x38",
+            "[   12.1] device-mapper: table: 254:1: crypt: Error allocating crypto tfm (-ENOENT)",
+            "[   12.1] device-mapper: ioctl: error adding target to table",
+            "[   12.1] device-mapper: ioctl: 4.47.0-ioctl (2022-07-28) initialised: someone else",
+            "[   12.1] device-mapper: verity: sha256 using implementation \"x\" failed",
+            "[   12.1] device-mapper: uevent: version 1.0.3 and an error",
+            "[   12.1] device-mapper: core: CONFIG_IMA_DISABLE_HTABLE is disabled.",
+            "[   12.1] blk_update_request: I/O error, dev sda, sector 2048 op 0x0:(READ)",
+            "[   12.1] sd 0:0:0:0: [sda] tag#0 Add. Sense: critical medium error",
+            "[   12.1] EXT4-fs error (device dm-2): ext4_find_entry:1663: inode #2: comm ls",
+            "cocos-init: [5/6] encrypted /cocos[    9.7] device-mapper: crypt: dm-1: INTEGRITY AEAD ERROR, sector 56",
+        ] {
+            assert_eq!(
+                kernel_errors(&format!("ok\r\n{line}\r\nok\n")),
+                [line],
+                "{line}"
+            );
+        }
+    }
+}
