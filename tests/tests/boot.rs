@@ -200,6 +200,36 @@ fn a_flipped_byte_in_the_root_halts_the_boot() {
     assert_failed_closed(&log, 6, FATAL_CORRUPT_INIT);
 }
 
+/// `veritysetup dump` of the `size` bytes at `start` of `disk` (the verity
+/// partition), as its `Field:` → value pairs.
+fn veritysetup_dump(
+    disk: &std::path::Path,
+    start: u64,
+    size: u64,
+) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; size as usize];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut bytes, start)
+        .unwrap();
+    let copy = disk.with_file_name("verity-partition");
+    std::fs::write(&copy, bytes).unwrap();
+    let out = Command::new("veritysetup")
+        .arg("dump")
+        .arg(&copy)
+        .output()
+        .expect("veritysetup not found: run scripts/setup-host.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "veritysetup dump failed: {text}");
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            Some((format!("{name}:"), value.trim().to_owned()))
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "boots a VM: run by scripts/test.sh"]
 fn a_flipped_byte_in_the_hash_partition_halts_the_boot() {
@@ -207,19 +237,33 @@ fn a_flipped_byte_in_the_hash_partition_halts_the_boot() {
     let (_tmp, disk) = copy_disk(&dir);
     // A byte of the leaf hash block covering data block 0, the ext4
     // superblock, which the mount reads first. The leaf level is the last
-    // level of the hash area (superblock, then levels from the top down),
-    // 128 sha256 digests per 4 KiB block.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let data_blocks = manifest["verity"]["data_blocks"].as_u64().unwrap();
-    let leaf_blocks = data_blocks.div_ceil(128);
-    let area = std::fs::metadata(dir.join("rootfs.verity")).unwrap().len();
-    let (hash_start, _) = partition(&disk, 3);
-    let leaf_offset = area - leaf_blocks * 4096;
+    // level of the hash area (superblock, then levels from the top down):
+    // it ends where veritysetup says the hash device ends, and has one
+    // block per (hash block size / digest size) data blocks.
+    let (hash_start, hash_size) = partition(&disk, 3);
+    let dump = veritysetup_dump(&disk, hash_start, hash_size);
+    let number = |name: &str| -> u64 {
+        let value = &dump[name];
+        value
+            .trim_end_matches(" [bytes]")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} {value:?}"))
+    };
+    let digest: u64 = match dump["Hash algorithm:"].as_str() {
+        "sha1" => 20,
+        "sha256" => 32,
+        "sha512" => 64,
+        other => panic!("hash algorithm {other}"),
+    };
+    let hash_block = number("Hash block size:");
+    let leaf_blocks = number("Data blocks:").div_ceil(hash_block / digest);
+    // More hash blocks than leaves: the tree has levels above the leaves.
+    assert!(number("Hash blocks:") > leaf_blocks, "{dump:#?}");
+    let leaf_offset = number("Hash device size:") - leaf_blocks * hash_block;
     flip_byte(&disk, hash_start + leaf_offset + 5);
     let log = boot(&disk, None, BOOT_TIMEOUT);
     // cocos-init checks the whole tree against the root hash before it
-    // activates the mapping (this image's tree has two levels).
+    // activates the mapping.
     let fatal = format!(
         "dm-verity: verity partition /dev/sda3 is corrupt: hash block 0 of level 0 \
          (offset {leaf_offset}) does not match level 1"
