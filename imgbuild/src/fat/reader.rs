@@ -17,10 +17,12 @@ use std::os::unix::fs::FileExt;
 
 use sha2::{Digest, Sha256};
 
-use super::{
-    ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIR_ENTRY_FREE, DIR_ENTRY_SIZE, EspEntry,
-    EspListing, FatError, FatKind, MAX_DEPTH, entry_cluster, hex,
-};
+use super::raw::{ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIR_ENTRY_FREE, DIR_ENTRY_SIZE};
+use super::{EspEntry, EspListing, FatError, FatKind, hex};
+
+/// Directory depth at which [`read_esp`] gives up (guards against loops in
+/// corrupt images).
+const MAX_DEPTH: usize = 64;
 
 /// Marks the last long-name entry of a set: the first stored (FAT spec,
 /// 'FAT Long Directory Entries', `LDIR_Ord`).
@@ -37,6 +39,11 @@ fn corrupt(what: impl Into<String>) -> FatError {
         context: "reading the ESP".into(),
         source: io::Error::new(io::ErrorKind::InvalidData, what.into()),
     }
+}
+
+fn entry_cluster(entry: &[u8]) -> u32 {
+    // DIR_FstClusHI @20, DIR_FstClusLO @26 (FAT spec, 'FAT Directory Structure').
+    u32::from(le16(entry, 20)) << 16 | u32::from(le16(entry, 26))
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
