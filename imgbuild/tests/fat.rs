@@ -1516,9 +1516,12 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
         let at = fat + 2 * c as usize;
         img[at..at + 2].copy_from_slice(&next.to_le_bytes());
     };
-    let (ca, cd) = (cluster(&good, a), cluster(&good, d));
-
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let (ca, cb, cd) = (cluster(&good, a), cluster(&good, b), cluster(&good, d));
+    let le16_at = |img: &mut Vec<u8>, at: usize, v: u16| {
+        img[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    };
+    type Check = fn(&FatError, (u32, u32, u32)) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         (
             "a file at cluster 1",
             {
@@ -1526,7 +1529,16 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 set_cluster(&mut img, a, 1);
                 img
             },
-            "cluster 1",
+            |e, _| matches!(e, FatError::EntryCluster { path, cluster: 1, .. } if path == "A.BIN"),
+        ),
+        (
+            "a directory at a cluster past the end",
+            {
+                let mut img = good.clone();
+                set_cluster(&mut img, d, 0xFFF0);
+                img
+            },
+            |e, _| matches!(e, FatError::EntryCluster { path, cluster: 0xFFF0, .. } if path == "D"),
         ),
         (
             "a file whose chain loops",
@@ -1535,7 +1547,10 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 set_fat(&mut img, ca, ca);
                 img
             },
-            "used twice",
+            |e, (ca, _, _)| {
+                matches!(e, FatError::ChainLoop { path, cluster }
+                    if path == "A.BIN" && *cluster == ca)
+            },
         ),
         (
             "a directory whose chain loops",
@@ -1544,7 +1559,10 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 set_fat(&mut img, cd, cd);
                 img
             },
-            "used twice",
+            |e, (_, _, cd)| {
+                matches!(e, FatError::ChainLoop { path, cluster }
+                    if path == "D" && *cluster == cd)
+            },
         ),
         (
             "two files sharing clusters",
@@ -1553,7 +1571,10 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 set_cluster(&mut img, b, ca);
                 img
             },
-            "used twice",
+            |e, (ca, _, _)| {
+                matches!(e, FatError::CrossLinked { path, cluster }
+                    if path == "B.BIN" && *cluster == ca)
+            },
         ),
         (
             "a chain shorter than the file",
@@ -1562,7 +1583,12 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 set_fat(&mut img, ca, 0xFFFF);
                 img
             },
-            "chain holds 1 clusters",
+            // 3000 bytes need 6 clusters of 512 bytes.
+            |e, _| {
+                matches!(e, FatError::ChainTooShort {
+                    path, size: 3000, clusters: 1, cluster_size: 512
+                } if path == "A.BIN")
+            },
         ),
         (
             "a file chain into a free cluster",
@@ -1571,7 +1597,23 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 set_fat(&mut img, ca, 0);
                 img
             },
-            "followed by 0x0",
+            |e, (ca, _, _)| {
+                matches!(e, FatError::BadFatEntry { path, cluster, value: 0, .. }
+                    if path == "A.BIN" && *cluster == ca)
+            },
+        ),
+        (
+            "a file chain into a bad cluster",
+            {
+                let mut img = good.clone();
+                // 0xFFF7 marks a bad cluster on FAT16 (FAT spec, 'FAT Data Structure').
+                set_fat(&mut img, cb, 0xFFF7);
+                img
+            },
+            |e, (_, cb, _)| {
+                matches!(e, FatError::BadFatEntry { path, cluster, value: 0xFFF7, .. }
+                    if path == "B.BIN" && *cluster == cb)
+            },
         ),
         (
             "no boot sector signature",
@@ -1580,19 +1622,109 @@ fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
                 img[510] = 0;
                 img
             },
-            "signature",
+            |e, _| matches!(e, FatError::NoBootSignature { found: [0, 0xAA] }),
+        ),
+        (
+            "300 bytes per sector",
+            {
+                let mut img = good.clone();
+                // BPB_BytsPerSec at offset 11 (FAT spec, 'Boot Sector and BPB').
+                le16_at(&mut img, 11, 300);
+                img
+            },
+            |e, _| {
+                matches!(
+                    e,
+                    FatError::BadBootSector {
+                        field: "BPB_BytsPerSec",
+                        value: 300,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "3 sectors per cluster",
+            {
+                let mut img = good.clone();
+                // BPB_SecPerClus at offset 13.
+                img[13] = 3;
+                img
+            },
+            |e, _| {
+                matches!(
+                    e,
+                    FatError::BadBootSector {
+                        field: "BPB_SecPerClus",
+                        value: 3,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "no FAT",
+            {
+                let mut img = good.clone();
+                // BPB_NumFATs at offset 16.
+                img[16] = 0;
+                img
+            },
+            |e, _| {
+                matches!(
+                    e,
+                    FatError::BadBootSector {
+                        field: "BPB_NumFATs",
+                        value: 0,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "more sectors than the image holds",
+            {
+                let mut img = good.clone();
+                // BPB_TotSec16 at offset 19: 8192 KiB is 16384 sectors.
+                le16_at(&mut img, 19, 16385);
+                img
+            },
+            |e, _| {
+                matches!(
+                    e,
+                    FatError::BadBootSector {
+                        field: "BPB_TotSec16",
+                        value: 16385,
+                        ..
+                    }
+                )
+            },
         ),
     ];
     let path = dir.path().join("corrupt.img");
-    for (what, img, says) in cases {
+    for (what, img, check) in cases {
         fs::write(&path, &img).unwrap();
         let f = File::open(&path).unwrap();
         let len = img.len() as u64;
         let err = read_esp(&f, 0, len).unwrap_err();
         assert!(
-            matches!(&err, FatError::Io { source, .. } if source.to_string().contains(says)),
+            check(&err, (ca.into(), cb.into(), cd.into())),
             "{what}: {err:?}"
         );
+        // One line, naming the file or field.
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{what}: {msg}");
+        if let FatError::EntryCluster { path, .. }
+        | FatError::ChainLoop { path, .. }
+        | FatError::CrossLinked { path, .. }
+        | FatError::ChainTooShort { path, .. }
+        | FatError::BadFatEntry { path, .. } = &err
+        {
+            assert!(msg.contains(&format!("{path:?}")), "{what}: {msg}");
+        }
+        if let FatError::BadBootSector { field, .. } = &err {
+            assert!(msg.contains(field), "{what}: {msg}");
+        }
     }
     // The intact image reads.
     fs::write(&path, &good).unwrap();

@@ -5,54 +5,35 @@
 //!
 //! FAT12, FAT16 and FAT32 are read as the FAT spec describes them ('Boot
 //! Sector and BPB', 'FAT Data Structure', 'FAT Directory Structure', 'FAT
-//! Long Directory Entries'). Everything is checked before it is used:
-//! every cluster number, every chain (no loops, no clusters shared by two
-//! files or directories, long enough for the file's size), and every read
-//! stays inside the filesystem's byte range. So a listing reads each
-//! cluster at most once and nothing can make it run away.
+//! Long Directory Entries'), through the structs of [`super::raw`].
+//! Everything is checked before it is used: every cluster number, every
+//! chain (no loops, no clusters shared by two files or directories, long
+//! enough for the file's size), and every read stays inside the
+//! filesystem's byte range. So a listing reads each cluster at most once
+//! and nothing can make it run away. What is wrong is reported by name: the
+//! boot sector field, or the file or directory whose entry or chain it is.
 
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 
 use sha2::{Digest, Sha256};
+use zerocopy::{FromZeros, IntoBytes};
 
-use super::raw::{ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIR_ENTRY_FREE, DIR_ENTRY_SIZE};
+use super::raw::{
+    ATTR_DIRECTORY, ATTR_VOLUME_ID, BOOT_SIGNATURE, BootSectorFat16, BootSectorFat32,
+    DIR_ENTRY_END, DIR_ENTRY_FREE, DIR_ENTRY_KANJI_E5, DIR_ENTRY_SIZE, DirEntry,
+    ExtendedBootRecord, FAT12_EOC_MIN, FAT16_EOC_MIN, FAT32_ENTRY_MASK, FAT32_EOC_MIN,
+    LAST_LONG_ENTRY, LFN_CHARS_PER_ENTRY, LONG_ENTRY_ORDINAL_MASK, LongNameEntry, NTRES_LOWER_BASE,
+    NTRES_LOWER_EXT,
+};
 use super::{EspEntry, EspListing, FatError, FatKind, hex};
 
-/// Directory depth at which [`read_esp`] gives up (guards against loops in
+/// Directory depth at which the reader gives up (guards against loops in
 /// corrupt images).
 const MAX_DEPTH: usize = 64;
 
-/// Marks the last long-name entry of a set: the first stored (FAT spec,
-/// 'FAT Long Directory Entries', `LDIR_Ord`).
-const LAST_LONG_ENTRY: u8 = 0x40;
-/// `DIR_NTRes` flags (set by Windows NT and mtools) for an 8.3 name whose
-/// base, or extension, is all lower case.
-const NTRES_LOWER_BASE: u8 = 0x08;
-const NTRES_LOWER_EXT: u8 = 0x10;
 /// Bytes read at once from a file.
 const CHUNK: usize = 1 << 20;
-
-fn corrupt(what: impl Into<String>) -> FatError {
-    FatError::Io {
-        context: "reading the ESP".into(),
-        source: io::Error::new(io::ErrorKind::InvalidData, what.into()),
-    }
-}
-
-fn entry_cluster(entry: &[u8]) -> u32 {
-    // DIR_FstClusHI @20, DIR_FstClusLO @26 (FAT spec, 'FAT Directory Structure').
-    u32::from(le16(entry, 20)) << 16 | u32::from(le16(entry, 26))
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// A checked FAT volume in `[offset, offset + len)` of a file.
 struct Volume<'f> {
@@ -76,6 +57,15 @@ struct Volume<'f> {
     clusters: u32,
     /// Clusters already used by a file or directory read so far.
     seen: Vec<u64>,
+}
+
+/// A BPB field that is out of range.
+fn bad_field(field: &'static str, value: u64, reason: impl Into<String>) -> FatError {
+    FatError::BadBootSector {
+        field,
+        value,
+        reason: reason.into(),
+    }
 }
 
 impl<'f> Volume<'f> {
@@ -109,43 +99,70 @@ impl<'f> Volume<'f> {
             clusters: 0,
             seen: Vec::new(),
         };
-        let mut bs = [0u8; 512];
-        v.read(0, &mut bs)?;
-        if bs[510..512] != [0x55, 0xAA] {
-            return Err(corrupt("no boot sector signature (0x55 0xAA at byte 510)"));
+        // Read as FAT32; the BPB common to all three types comes first, so
+        // the type can be determined before the rest is looked at.
+        let mut bs = BootSectorFat32::new_zeroed();
+        v.read(0, bs.as_mut_bytes())?;
+        if bs.signature != BOOT_SIGNATURE {
+            return Err(FatError::NoBootSignature {
+                found: bs.signature,
+            });
         }
-        // FAT spec, 'Boot Sector and BPB'.
-        let bytes_per_sector = u64::from(le16(&bs, 11));
-        let sectors_per_cluster = u64::from(bs[13]);
-        let reserved = u64::from(le16(&bs, 14));
-        let fats = u64::from(bs[16]);
-        let root_entries = u64::from(le16(&bs, 17));
-        let total = match le16(&bs, 19) {
-            0 => u64::from(le32(&bs, 32)),
-            n => u64::from(n),
+        let bpb = &bs.bpb;
+        let bytes_per_sector = u64::from(bpb.bytes_per_sector.get());
+        let sectors_per_cluster = u64::from(bpb.sectors_per_cluster);
+        let reserved = u64::from(bpb.reserved_sectors.get());
+        let fats = u64::from(bpb.num_fats);
+        let root_entries = u64::from(bpb.root_entries.get());
+        let (total_field, total) = match bpb.total_sectors_16.get() {
+            0 => ("BPB_TotSec32", u64::from(bpb.total_sectors_32.get())),
+            n => ("BPB_TotSec16", u64::from(n)),
         };
-        let fat_sectors = match le16(&bs, 22) {
-            0 => u64::from(le32(&bs, 36)),
-            n => u64::from(n),
+        let (fat_size_field, fat_sectors) = match bpb.fat_size_16.get() {
+            0 => ("BPB_FATSz32", u64::from(bs.fat32.fat_size_32.get())),
+            n => ("BPB_FATSz16", u64::from(n)),
         };
         if ![512, 1024, 2048, 4096].contains(&bytes_per_sector) {
-            return Err(corrupt(format!("{bytes_per_sector} bytes per sector")));
+            return Err(bad_field(
+                "BPB_BytsPerSec",
+                bytes_per_sector,
+                "not 512, 1024, 2048 or 4096",
+            ));
         }
         if !sectors_per_cluster.is_power_of_two() || sectors_per_cluster > 128 {
-            return Err(corrupt(format!(
-                "{sectors_per_cluster} sectors per cluster"
-            )));
+            return Err(bad_field(
+                "BPB_SecPerClus",
+                sectors_per_cluster,
+                "not a power of two from 1 to 128",
+            ));
         }
-        if reserved == 0 || fats == 0 || fat_sectors == 0 {
-            return Err(corrupt("no reserved sectors, no FAT or an empty FAT"));
+        if reserved == 0 {
+            return Err(bad_field("BPB_RsvdSecCnt", 0, "no reserved sectors"));
+        }
+        if fats == 0 {
+            return Err(bad_field("BPB_NumFATs", 0, "no FAT"));
+        }
+        if fat_sectors == 0 {
+            return Err(bad_field(fat_size_field, 0, "an empty FAT"));
         }
         let root_sectors = (root_entries * DIR_ENTRY_SIZE).div_ceil(bytes_per_sector);
         let first_data = reserved + fats * fat_sectors + root_sectors;
-        if total <= first_data || total * bytes_per_sector > len {
-            return Err(corrupt(format!(
-                "{total} sectors of {bytes_per_sector} bytes do not fit the \
-                 {len}-byte range with data after sector {first_data}"
-            )));
+        if total <= first_data {
+            return Err(bad_field(
+                total_field,
+                total,
+                format!(
+                    "no data sectors after the reserved sectors, FATs and root directory, \
+                     which end at sector {first_data}"
+                ),
+            ));
+        }
+        if total * bytes_per_sector > len {
+            return Err(bad_field(
+                total_field,
+                total,
+                format!("{bytes_per_sector}-byte sectors do not fit the {len}-byte range"),
+            ));
         }
         let clusters = (total - first_data) / sectors_per_cluster;
         // FAT spec, 'FAT Type Determination'.
@@ -154,19 +171,29 @@ impl<'f> Volume<'f> {
             4085..65525 => FatKind::Fat16,
             _ => FatKind::Fat32,
         };
-        let (id_at, label_at) = if v.kind == FatKind::Fat32 {
-            if root_entries != 0 || le16(&bs, 22) != 0 {
-                return Err(corrupt(
-                    "FAT32 with a fixed root directory or a 16-bit FAT size",
+        let ebr: &ExtendedBootRecord = if v.kind == FatKind::Fat32 {
+            if root_entries != 0 {
+                return Err(bad_field(
+                    "BPB_RootEntCnt",
+                    root_entries,
+                    "not 0 on FAT32, which has no fixed root directory",
                 ));
             }
-            v.root_cluster = le32(&bs, 44);
-            (67, 71)
+            if fat_size_field != "BPB_FATSz32" {
+                return Err(bad_field(
+                    "BPB_FATSz16",
+                    fat_sectors,
+                    "not 0 on FAT32, whose FAT size is BPB_FATSz32",
+                ));
+            }
+            v.root_cluster = bs.fat32.root_cluster.get();
+            &bs.ebr
         } else {
-            (39, 43)
+            let bs16: &BootSectorFat16 = zerocopy::transmute_ref!(&bs);
+            &bs16.ebr
         };
-        v.volume_id = le32(&bs, id_at);
-        v.label = String::from_utf8_lossy(&bs[label_at..label_at + 11])
+        v.volume_id = ebr.volume_id.get();
+        v.label = String::from_utf8_lossy(&ebr.volume_label)
             .trim_end()
             .to_owned();
         v.cluster_size = bytes_per_sector * sectors_per_cluster;
@@ -183,21 +210,27 @@ impl<'f> Volume<'f> {
             FatKind::Fat32 => 32,
         };
         if (clusters + 2) * entry_bits > fat_len * 8 {
-            return Err(corrupt(format!(
-                "a FAT of {fat_len} bytes cannot map {clusters} clusters"
-            )));
+            return Err(bad_field(
+                fat_size_field,
+                fat_sectors,
+                format!("a FAT of {fat_len} bytes cannot map {clusters} clusters"),
+            ));
         }
         // Inside the range: it ends before the data, which ends inside.
         let mut fat = vec![0u8; fat_len as usize];
         v.read(reserved * bytes_per_sector, &mut fat)?;
         v.fat = fat;
-        v.clusters = u32::try_from(clusters).map_err(|_| corrupt("too many clusters"))?;
+        // Below 2^32 - 2: the total sector count is 32 bits and the
+        // reserved sectors and a FAT come first.
+        v.clusters = u32::try_from(clusters)
+            .map_err(|_| bad_field(total_field, total, "too many clusters"))?;
         v.seen = vec![0u64; (clusters as usize + 2).div_ceil(64)];
         if v.kind == FatKind::Fat32 && !v.is_cluster(v.root_cluster) {
-            return Err(corrupt(format!(
-                "root directory at cluster {}",
-                v.root_cluster
-            )));
+            return Err(bad_field(
+                "BPB_RootClus",
+                u64::from(v.root_cluster),
+                format!("not a data cluster (2..={})", v.last_cluster()),
+            ));
         }
         Ok(v)
     }
@@ -208,9 +241,11 @@ impl<'f> Volume<'f> {
             .checked_add(buf.len() as u64)
             .is_none_or(|end| end > self.len)
         {
-            return Err(corrupt(format!(
-                "a read at byte {pos} runs past the filesystem"
-            )));
+            return Err(FatError::PastEnd {
+                at: pos,
+                len: buf.len() as u64,
+                size: self.len,
+            });
         }
         self.file
             .read_exact_at(buf, self.offset + pos)
@@ -224,53 +259,75 @@ impl<'f> Volume<'f> {
         (2..self.clusters + 2).contains(&c)
     }
 
-    /// The FAT entry of cluster `c`: `None` at the end of a chain.
-    fn next(&self, c: u32) -> Result<Option<u32>, FatError> {
+    /// The highest data cluster number.
+    fn last_cluster(&self) -> u32 {
+        self.clusters + 1
+    }
+
+    /// The FAT entry of cluster `c` of `path`'s chain: `None` at the end of
+    /// the chain.
+    fn next(&self, path: &str, c: u32) -> Result<Option<u32>, FatError> {
         let c64 = u64::from(c);
         let at = |i: u64| self.fat.get(i as usize).copied().map_or(0, u32::from);
-        let (value, eoc, bad) = match self.kind {
+        // FAT spec, 'FAT Data Structure': 12-bit entries packed in pairs,
+        // 16-bit entries, 32-bit entries with 28 bits used.
+        let (value, eoc) = match self.kind {
             FatKind::Fat12 => {
                 let i = c64 + c64 / 2;
                 let v = at(i) | at(i + 1) << 8;
                 let v = if c % 2 == 1 { v >> 4 } else { v & 0xFFF };
-                (v, 0xFF8, 0xFF7)
+                (v, FAT12_EOC_MIN)
             }
-            FatKind::Fat16 => (at(2 * c64) | at(2 * c64 + 1) << 8, 0xFFF8, 0xFFF7),
+            FatKind::Fat16 => (at(2 * c64) | at(2 * c64 + 1) << 8, FAT16_EOC_MIN),
             FatKind::Fat32 => {
                 let v = (0..4).fold(0, |v, k| v | at(4 * c64 + k) << (8 * k));
-                (v & 0x0FFF_FFFF, 0x0FFF_FFF8, 0x0FFF_FFF7)
+                (v & FAT32_ENTRY_MASK, FAT32_EOC_MIN)
             }
         };
         if value >= eoc {
             return Ok(None);
         }
-        if value == bad || !self.is_cluster(value) {
-            return Err(corrupt(format!("cluster {c} is followed by {value:#x}")));
+        // The value just below end-of-chain marks a bad cluster; it is
+        // never a data cluster, since the FAT type caps the count below it.
+        if value == eoc - 1 || !self.is_cluster(value) {
+            return Err(FatError::BadFatEntry {
+                path: path.to_string(),
+                cluster: c,
+                value,
+                last: self.last_cluster(),
+            });
         }
         Ok(Some(value))
     }
 
-    /// The chain from `first`, at most `limit` clusters long, each cluster
-    /// claimed for this chain alone.
-    fn chain(&mut self, first: u32, limit: u64) -> Result<Vec<u32>, FatError> {
+    /// The chain of `path` from `first`, at most `limit` clusters long,
+    /// each cluster claimed for this chain alone.
+    fn chain(&mut self, path: &str, first: u32, limit: u64) -> Result<Vec<u32>, FatError> {
+        if !self.is_cluster(first) {
+            return Err(FatError::EntryCluster {
+                path: path.to_string(),
+                cluster: first,
+                last: self.last_cluster(),
+            });
+        }
         let mut chain = Vec::new();
         let mut c = Some(first);
         while let Some(cluster) = c {
             if chain.len() as u64 >= limit {
                 break;
             }
-            if !self.is_cluster(cluster) {
-                return Err(corrupt(format!("a chain names cluster {cluster}")));
-            }
             let (word, bit) = (cluster as usize / 64, cluster % 64);
             if self.seen[word] & (1 << bit) != 0 {
-                return Err(corrupt(format!(
-                    "cluster {cluster} is used twice (a loop or a cross-link)"
-                )));
+                let path = path.to_string();
+                return Err(if chain.contains(&cluster) {
+                    FatError::ChainLoop { path, cluster }
+                } else {
+                    FatError::CrossLinked { path, cluster }
+                });
             }
             self.seen[word] |= 1 << bit;
             chain.push(cluster);
-            c = self.next(cluster)?;
+            c = self.next(path, cluster)?;
         }
         Ok(chain)
     }
@@ -279,43 +336,46 @@ impl<'f> Volume<'f> {
         self.data_start + u64::from(c - 2) * self.cluster_size
     }
 
-    /// The raw entries of a directory (`None`: the root).
-    fn dir_bytes(&mut self, first: Option<u32>) -> Result<Vec<u8>, FatError> {
+    /// The entries of the directory at `path` (`None`: the root), read
+    /// straight into their structs.
+    fn dir_entries(&mut self, path: &str, first: Option<u32>) -> Result<Vec<DirEntry>, FatError> {
         let clusters = match (first, self.kind) {
             (None, FatKind::Fat12 | FatKind::Fat16) => {
-                let (at, entries) = self.root_dir;
-                let mut buf = vec![0u8; (entries * DIR_ENTRY_SIZE) as usize];
-                self.read(at, &mut buf)?;
-                return Ok(buf);
+                let (at, count) = self.root_dir;
+                let mut entries = vec![DirEntry::new_zeroed(); count as usize];
+                self.read(at, entries.as_mut_bytes())?;
+                return Ok(entries);
             }
-            (None, FatKind::Fat32) => self.chain(self.root_cluster, u64::MAX)?,
-            (Some(c), _) => self.chain(c, u64::MAX)?,
+            (None, FatKind::Fat32) => self.chain(path, self.root_cluster, u64::MAX)?,
+            (Some(c), _) => self.chain(path, c, u64::MAX)?,
         };
-        let mut buf = vec![0u8; clusters.len() * self.cluster_size as usize];
-        for (i, &c) in clusters.iter().enumerate() {
-            let at = i * self.cluster_size as usize;
-            self.read(
-                self.cluster_offset(c),
-                &mut buf[at..at + self.cluster_size as usize],
-            )?;
+        let per_cluster = (self.cluster_size / DIR_ENTRY_SIZE) as usize;
+        let mut entries = vec![DirEntry::new_zeroed(); clusters.len() * per_cluster];
+        for (piece, &c) in entries.chunks_mut(per_cluster).zip(&clusters) {
+            self.read(self.cluster_offset(c), piece.as_mut_bytes())?;
         }
-        Ok(buf)
+        Ok(entries)
     }
 
-    /// Feeds the content of a file to `sink`, chunk by chunk.
-    fn read_file(&mut self, entry: &Entry, sink: &mut dyn FnMut(&[u8])) -> Result<(), FatError> {
+    /// Feeds the content of the file at `path` to `sink`, chunk by chunk.
+    fn read_file(
+        &mut self,
+        path: &str,
+        entry: &Entry,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FatError> {
         if entry.size == 0 {
             return Ok(());
         }
         let needed = entry.size.div_ceil(self.cluster_size);
-        let chain = self.chain(entry.cluster, needed)?;
+        let chain = self.chain(path, entry.cluster, needed)?;
         if (chain.len() as u64) < needed {
-            return Err(corrupt(format!(
-                "{} is {} bytes but its chain holds {} clusters",
-                entry.name,
-                entry.size,
-                chain.len()
-            )));
+            return Err(FatError::ChainTooShort {
+                path: path.to_string(),
+                size: entry.size,
+                clusters: chain.len() as u64,
+                cluster_size: self.cluster_size,
+            });
         }
         let mut buf = vec![0u8; CHUNK.max(self.cluster_size as usize)];
         let mut left = entry.size;
@@ -337,6 +397,18 @@ impl<'f> Volume<'f> {
         }
         Ok(())
     }
+
+    /// The first cluster of the directory at `path`, checked.
+    fn dir_cluster(&self, path: &str, entry: &Entry) -> Result<u32, FatError> {
+        if !self.is_cluster(entry.cluster) {
+            return Err(FatError::EntryCluster {
+                path: path.to_string(),
+                cluster: entry.cluster,
+                last: self.last_cluster(),
+            });
+        }
+        Ok(entry.cluster)
+    }
 }
 
 /// A directory entry, long name decoded.
@@ -351,7 +423,7 @@ struct Entry {
 }
 
 /// The 8.3 name of a short entry (FAT spec, 'FAT Directory Structure').
-fn short_name(e: &[u8]) -> String {
+fn short_name(e: &DirEntry) -> String {
     let lower = |bytes: &[u8], yes: bool| -> String {
         bytes
             .iter()
@@ -363,13 +435,13 @@ fn short_name(e: &[u8]) -> String {
             .trim_end()
             .to_owned()
     };
-    let mut base = e[..8].to_vec();
-    // 0x05 stands for a leading 0xE5.
-    if base[0] == 0x05 {
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&e.name[..8]);
+    if base[0] == DIR_ENTRY_KANJI_E5 {
         base[0] = DIR_ENTRY_FREE;
     }
-    let base = lower(&base, e[12] & NTRES_LOWER_BASE != 0);
-    let ext = lower(&e[8..11], e[12] & NTRES_LOWER_EXT != 0);
+    let base = lower(&base, e.nt_res & NTRES_LOWER_BASE != 0);
+    let ext = lower(&e.name[8..], e.nt_res & NTRES_LOWER_EXT != 0);
     if ext.is_empty() {
         base
     } else {
@@ -377,56 +449,65 @@ fn short_name(e: &[u8]) -> String {
     }
 }
 
-/// The checksum of an 8.3 name that long-name entries carry (FAT spec,
-/// 'FAT Long Directory Entries').
-fn short_checksum(e: &[u8]) -> u8 {
-    e[..11]
-        .iter()
-        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
+/// A long name being gathered, last piece first (FAT spec, 'FAT Long
+/// Directory Entries').
+struct PendingLongName {
+    /// The ordinal the next entry must have.
+    expect: u8,
+    /// `LDIR_Chksum` of the set.
+    checksum: u8,
+    /// UTF-16 units, [`LFN_CHARS_PER_ENTRY`] per piece, by ordinal.
+    units: Vec<u16>,
 }
 
 /// The entries of a directory, in order, without `.`, `..`, deleted
 /// entries and the volume label. Long names whose order or checksum does
 /// not match their short entry are dropped (the 8.3 name stands), as the
 /// FAT spec asks.
-fn entries(raw: &[u8]) -> Vec<Entry> {
+fn entries(raw: &[DirEntry]) -> Vec<Entry> {
     let mut out = Vec::new();
-    // Pending long name: expected next ordinal, checksum, UTF-16 pieces by ordinal.
-    let mut long: Option<(u8, u8, Vec<Vec<u16>>)> = None;
-    for e in raw.chunks_exact(DIR_ENTRY_SIZE as usize) {
-        if e[0] == 0 {
+    let mut long: Option<PendingLongName> = None;
+    for e in raw {
+        if e.name[0] == DIR_ENTRY_END {
             break;
         }
-        if e[0] == DIR_ENTRY_FREE {
+        if e.name[0] == DIR_ENTRY_FREE {
             long = None;
             continue;
         }
-        if e[11] & 0x3F == ATTR_LONG_NAME {
-            let ord = e[0] & 0x1F;
-            let units: Vec<u16> = [1..11, 14..26, 28..32]
-                .into_iter()
-                .flat_map(|r| {
-                    e[r].chunks_exact(2)
-                        .map(|p| u16::from_le_bytes([p[0], p[1]]))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            long = match long.take() {
-                _ if e[0] & LAST_LONG_ENTRY != 0 && ord > 0 => {
-                    let mut parts = vec![Vec::new(); ord as usize];
-                    parts[ord as usize - 1] = units;
-                    Some((ord - 1, e[13], parts))
+        if e.is_long_name() {
+            let l: &LongNameEntry = zerocopy::transmute_ref!(e);
+            let ord = l.ord & LONG_ENTRY_ORDINAL_MASK;
+            let put = |units: &mut Vec<u16>| {
+                let at = (usize::from(ord) - 1) * LFN_CHARS_PER_ENTRY;
+                for (slot, u) in units[at..at + LFN_CHARS_PER_ENTRY]
+                    .iter_mut()
+                    .zip(l.units())
+                {
+                    *slot = u;
                 }
-                Some((expect, sum, mut parts)) if ord == expect && ord > 0 && sum == e[13] => {
-                    parts[ord as usize - 1] = units;
-                    Some((ord - 1, sum, parts))
+            };
+            long = match long.take() {
+                _ if l.ord & LAST_LONG_ENTRY != 0 && ord > 0 => {
+                    let mut units = vec![0u16; usize::from(ord) * LFN_CHARS_PER_ENTRY];
+                    put(&mut units);
+                    Some(PendingLongName {
+                        expect: ord - 1,
+                        checksum: l.checksum,
+                        units,
+                    })
+                }
+                Some(mut p) if ord == p.expect && ord > 0 && p.checksum == l.checksum => {
+                    put(&mut p.units);
+                    p.expect = ord - 1;
+                    Some(p)
                 }
                 _ => None,
             };
             continue;
         }
         let pending = long.take();
-        if e[11] & ATTR_VOLUME_ID != 0 {
+        if e.attr & ATTR_VOLUME_ID != 0 {
             continue;
         }
         let short = short_name(e);
@@ -434,8 +515,8 @@ fn entries(raw: &[u8]) -> Vec<Entry> {
             continue;
         }
         let name = match pending {
-            Some((0, sum, parts)) if sum == short_checksum(e) => {
-                let units: Vec<u16> = parts.concat().into_iter().take_while(|&u| u != 0).collect();
+            Some(p) if p.expect == 0 && p.checksum == e.name_checksum() => {
+                let units: Vec<u16> = p.units.into_iter().take_while(|&u| u != 0).collect();
                 String::from_utf16_lossy(&units)
             }
             _ => short.clone(),
@@ -443,9 +524,9 @@ fn entries(raw: &[u8]) -> Vec<Entry> {
         out.push(Entry {
             name,
             short,
-            is_dir: e[11] & ATTR_DIRECTORY != 0,
-            cluster: entry_cluster(e),
-            size: u64::from(le32(e, 28)),
+            is_dir: e.attr & ATTR_DIRECTORY != 0,
+            cluster: e.first_cluster(),
+            size: u64::from(e.file_size.get()),
         });
     }
     out
@@ -454,14 +535,15 @@ fn entries(raw: &[u8]) -> Vec<Entry> {
 /// Lists every file (path, size, SHA-256) and directory of the FAT
 /// filesystem in `[offset, offset + len)` of `file`.  Nothing is written.
 /// A filesystem that is not consistent (see the module documentation) is
-/// an error.
+/// an error naming what is wrong.
 pub fn read_esp(file: &File, offset: u64, len: u64) -> Result<EspListing, FatError> {
     let mut v = Volume::open(file, offset, len)?;
     let mut listing = EspListing {
         fat_type: v.kind,
         volume_id: v.volume_id,
         label: v.label.clone(),
-        cluster_size: u32::try_from(v.cluster_size).map_err(|_| corrupt("cluster size"))?,
+        // At most 4096 * 128 bytes (BPB_BytsPerSec, BPB_SecPerClus checked).
+        cluster_size: v.cluster_size as u32,
         directories: Vec::new(),
         files: Vec::new(),
     };
@@ -469,11 +551,12 @@ pub fn read_esp(file: &File, offset: u64, len: u64) -> Result<EspListing, FatErr
     let mut todo: Vec<(Option<u32>, String, usize)> = vec![(None, String::new(), 0)];
     while let Some((first, prefix, depth)) = todo.pop() {
         if depth > MAX_DEPTH {
-            return Err(corrupt(format!(
-                "directories nested deeper than {MAX_DEPTH}"
-            )));
+            return Err(FatError::TooDeep {
+                path: prefix,
+                max: MAX_DEPTH,
+            });
         }
-        let raw = v.dir_bytes(first)?;
+        let raw = v.dir_entries(&prefix, first)?;
         for e in entries(&raw) {
             let path = if prefix.is_empty() {
                 e.name.clone()
@@ -481,17 +564,12 @@ pub fn read_esp(file: &File, offset: u64, len: u64) -> Result<EspListing, FatErr
                 format!("{prefix}/{}", e.name)
             };
             if e.is_dir {
-                if !v.is_cluster(e.cluster) {
-                    return Err(corrupt(format!(
-                        "directory {path} at cluster {}",
-                        e.cluster
-                    )));
-                }
+                let cluster = v.dir_cluster(&path, &e)?;
                 listing.directories.push(path.clone());
-                todo.push((Some(e.cluster), path, depth + 1));
+                todo.push((Some(cluster), path, depth + 1));
             } else {
                 let mut h = Sha256::new();
-                v.read_file(&e, &mut |b| h.update(b))?;
+                v.read_file(&path, &e, &mut |b| h.update(b))?;
                 listing.files.push(EspEntry {
                     path,
                     size: e.size,
@@ -519,8 +597,10 @@ pub fn read_esp_file(file: &File, offset: u64, len: u64, path: &str) -> Result<V
     let mut v = Volume::open(file, offset, len)?;
     let parts: Vec<&str> = rel.split('/').collect();
     let mut dir: Option<u32> = None;
+    // The path as stored, for errors.
+    let mut at = String::new();
     for (i, part) in parts.iter().enumerate() {
-        let raw = v.dir_bytes(dir)?;
+        let raw = v.dir_entries(&at, dir)?;
         let found = entries(&raw).into_iter().find(|e| {
             e.name.to_uppercase() == part.to_uppercase()
                 || e.short.to_uppercase() == part.to_uppercase()
@@ -528,20 +608,16 @@ pub fn read_esp_file(file: &File, offset: u64, len: u64, path: &str) -> Result<V
         let Some(e) = found else {
             return Err(not_found());
         };
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(&e.name);
         let last = i + 1 == parts.len();
         match (last, e.is_dir) {
-            (false, true) => {
-                if !v.is_cluster(e.cluster) {
-                    return Err(corrupt(format!(
-                        "directory {part} at cluster {}",
-                        e.cluster
-                    )));
-                }
-                dir = Some(e.cluster);
-            }
+            (false, true) => dir = Some(v.dir_cluster(&at, &e)?),
             (true, false) => {
                 let mut out = Vec::new();
-                v.read_file(&e, &mut |b| out.extend_from_slice(b))?;
+                v.read_file(&at, &e, &mut |b| out.extend_from_slice(b))?;
                 return Ok(out);
             }
             _ => return Err(not_found()),
