@@ -126,6 +126,19 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   MTOOLS_SKIP_CHECK=1 mmd -i "$seed_img" ::/EFI ::/EFI/BOOT
   head -c 3000 /dev/zero | tr '\0' x | MTOOLS_SKIP_CHECK=1 mcopy -i "$seed_img" - "::/EFI/BOOT/a long name.bin"
   mv "$seed_img" "$seed_dir/mkfs-seed"
+  # Seed the GRUB image reader with what grub-mkimage writes: a whole EFI
+  # image without modules (mode byte 0; under the 128 KiB input limit) and
+  # its bare mods section (mode byte 1), configuration and prefix embedded.
+  seed_dir=imgbuild/fuzz/corpus/grub_image
+  mkdir -p "$seed_dir"
+  seed_tmp="$(mktemp -d)"
+  printf 'set timeout=0\nlinux /bzImage roothash=00ff console=ttyS0\nboot\n' >"$seed_tmp/grub.cfg"
+  grub-mkimage -O x86_64-efi -p /EFI/BOOT -c "$seed_tmp/grub.cfg" \
+    -d /usr/lib/grub/x86_64-efi -o "$seed_tmp/grub.efi"
+  objcopy -O binary --only-section=mods "$seed_tmp/grub.efi" "$seed_tmp/mods"
+  { printf '\0'; cat "$seed_tmp/grub.efi"; } >"$seed_dir/mkimage-seed"
+  { printf '\1'; cat "$seed_tmp/mods"; } >"$seed_dir/mods-seed"
+  rm -rf "$seed_tmp"
   log_dir="$PWD/target/fuzz-logs"
   mkdir -p "$log_dir"
   fuzz_all "$fuzz_seconds" "$log_dir" measure imgbuild initrd
