@@ -7,6 +7,8 @@
 //! e2fsprogs; fails loudly without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -14,9 +16,9 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+use common::{e2fsck_clean, pseudo_random, run_ok, tool};
 
 const EPOCH: i64 = 1_700_000_000;
 
@@ -51,33 +53,12 @@ fn build(tree_dir: &Path, image: &Path, opts: Ext4Options) -> u64 {
     plan.size()
 }
 
-fn e2fsck(image: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(image)
-        .output()
-        .expect("e2fsck not found: install e2fsprogs (scripts/setup-host.sh)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "e2fsck -fn found problems:\n{text}");
-    // A clean run prints the five passes and the summary line, nothing else.
-    for line in text.lines() {
-        assert!(
-            line.starts_with("Pass ") || line.contains(" files (") || line.starts_with("e2fsck "),
-            "e2fsck said: {line}\n{text}"
-        );
-    }
-}
-
 struct Mount(PathBuf);
 
 impl Mount {
     fn new(image: &Path, dir: &Path) -> Self {
         fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
+        let st = tool("mount")
             .args(["-t", "ext4", "-o", "loop,ro"])
             .arg(image)
             .arg(dir)
@@ -90,7 +71,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = tool("umount").arg(&self.0).status();
     }
 }
 
@@ -233,16 +214,10 @@ fn adversarial_tree(root: &Path, big_dir_entries: usize, huge: bool) {
         }
     }
     // A file of ~9 MiB of pseudo-random data.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..9 * 1024 * 1024 + 333)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    w("random", &data);
+    w(
+        "random",
+        &pseudo_random(9 * 1024 * 1024 + 333, 0x9e37_79b9_7f4a_7c15),
+    );
 
     symlink("small", root.join("fast-link")).unwrap();
     symlink("x".repeat(59), root.join("fast-link-59")).unwrap();
@@ -346,7 +321,7 @@ fn adversarial_tree(root: &Path, big_dir_entries: usize, huge: bool) {
 fn check_tree(tree_dir: &Path, work: &Path, root_owned: bool) {
     let image = work.join("image.ext4");
     build(tree_dir, &image, options(root_owned));
-    e2fsck(&image);
+    e2fsck_clean(&image);
     let mnt = Mount::new(&image, &work.join("mnt"));
     let want = observe(tree_dir, root_owned);
     let got = observe(&mnt.0, false);
@@ -404,13 +379,12 @@ fn the_same_tree_gives_the_same_bytes() {
     // The same content created in a different order, with other inode
     // numbers and without sparse files on the source side.
     fs::create_dir(&b).unwrap();
-    let st = Command::new("cp")
-        .args(["-a", "--sparse=never"])
-        .arg(format!("{}/.", a.display()))
-        .arg(&b)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    run_ok(
+        tool("cp")
+            .args(["-a", "--sparse=never"])
+            .arg(format!("{}/.", a.display()))
+            .arg(&b),
+    );
     build(&a, &work.path().join("a.ext4"), options(false));
     build(&b, &work.path().join("b.ext4"), options(false));
     let ha = fs::read(work.path().join("a.ext4")).unwrap();
@@ -426,20 +400,15 @@ fn the_same_tree_gives_the_same_bytes() {
 /// Writes `tree_dir` with GNU tar into `archive`, with numeric owners and
 /// sparse members, and `extra` options.
 fn gnu_tar(tree_dir: &Path, archive: &Path, extra: &[&str]) {
-    let out = Command::new("tar")
-        .args(["--sparse", "--numeric-owner"])
-        .args(extra)
-        .arg("-cf")
-        .arg(archive)
-        .arg("-C")
-        .arg(tree_dir)
-        .arg(".")
-        .output()
-        .expect("GNU tar not found");
-    assert!(
-        out.status.success(),
-        "tar failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        tool("tar")
+            .args(["--sparse", "--numeric-owner"])
+            .args(extra)
+            .arg("-cf")
+            .arg(archive)
+            .arg("-C")
+            .arg(tree_dir)
+            .arg("."),
     );
 }
 
@@ -474,7 +443,7 @@ fn a_tar_of_the_tree_gives_the_same_bytes() {
         let image = work.path().join("tar.ext4");
         let source = SourceTree::read(archive).unwrap();
         build_tree(&source, &image, options(false));
-        e2fsck(&image);
+        e2fsck_clean(&image);
         let got = fs::read(&image).unwrap();
         assert!(
             got == want,
@@ -618,7 +587,7 @@ fn every_sparse_format_gives_the_same_bytes() {
         let source = SourceTree::read(&archive).unwrap();
         let image = work.path().join(format!("{i}.ext4"));
         build_tree(&source, &image, options(true));
-        e2fsck(&image);
+        e2fsck_clean(&image);
         images.push(fs::read(&image).unwrap());
     }
     build(&tree, &work.path().join("dir.ext4"), options(true));
@@ -669,8 +638,8 @@ fn an_empty_writable_filesystem_takes_files() {
         let size = build(&tree, &image, opts);
         assert_eq!(size, 512 << 20);
         written.push(fs::metadata(&image).unwrap().blocks());
-        e2fsck(&image);
-        let out = Command::new("dumpe2fs").arg(&image).output().unwrap();
+        e2fsck_clean(&image);
+        let out = run_ok(tool("dumpe2fs").arg(&image));
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |name: &str| {
             text.lines()
@@ -688,7 +657,7 @@ fn an_empty_writable_filesystem_takes_files() {
         }
         let mnt = work.path().join("mnt");
         fs::create_dir_all(&mnt).unwrap();
-        let st = Command::new("mount")
+        let st = tool("mount")
             .args(["-o", "loop,rw"])
             .arg(&image)
             .arg(&mnt)
@@ -698,10 +667,10 @@ fn an_empty_writable_filesystem_takes_files() {
         let made = (0..15_000).try_for_each(|i| fs::write(mnt.join(format!("f{i}")), b"x"));
         fs::create_dir_all(mnt.join("datasets/a/b")).unwrap();
         fs::write(mnt.join("datasets/a/b/big"), vec![9u8; 8 << 20]).unwrap();
-        let st = Command::new("umount").arg(&mnt).status().unwrap();
+        let st = tool("umount").arg(&mnt).status().unwrap();
         assert!(st.success());
         made.unwrap();
-        e2fsck(&image);
+        e2fsck_clean(&image);
     }
     // Lazy tables write only group 0's first inode table blocks.
     assert!(written[1] < written[0] / 4, "{written:?}");

@@ -7,17 +7,19 @@
 //! Missing tools make the tests fail with an install hint; they never skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use cocos_imgbuild::fat::{
     DEFAULT_ESP_SIZE, EspFile, EspSource, EspSpec, FatError, FatKind, FileSlice, fill_reserved,
     read_esp, read_esp_file, write_esp,
 };
+use common::{fsck_fat_clean, pseudo_random, run_ok, tool};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -29,97 +31,9 @@ const TS: i64 = 1_700_000_000;
 // ---------------------------------------------------------------------------
 // Helpers.
 
-const INSTALL_HINT: &str = "the FAT tests need dosfstools and mtools \
-     (Debian/Ubuntu: apt-get install dosfstools mtools; Fedora: dnf install dosfstools mtools)";
-
-/// Runs a reference tool; panics with an install hint if it is missing.
-fn run(cmd: &mut Command) -> Output {
-    cmd.env("MTOOLS_SKIP_CHECK", "1");
-    match cmd.output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("{:?} not found: {INSTALL_HINT}", cmd.get_program())
-        }
-        Err(e) => panic!("running {cmd:?}: {e}"),
-    }
-}
-
-/// Runs a tool and returns its stdout, panicking unless it succeeds.
-fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
-}
-
-fn fsck_bin() -> &'static str {
-    // fsck.fat lives in /usr/sbin, which is not always on a user's PATH.
-    for p in ["/usr/sbin/fsck.fat", "/sbin/fsck.fat"] {
-        if Path::new(p).exists() {
-            return p;
-        }
-    }
-    "fsck.fat"
-}
-
-fn mkfs_bin() -> &'static str {
-    for p in ["/usr/sbin/mkfs.fat", "/sbin/mkfs.fat"] {
-        if Path::new(p).exists() {
-            return p;
-        }
-    }
-    "mkfs.fat"
-}
-
-/// `fsck.fat -n -V -U -S` must succeed and print nothing but its version
-/// line and the summary line (any warning or repair adds lines).  Returns
-/// (files, used clusters, total clusters) from the summary.
-fn fsck_clean(image: &Path) -> (u64, u64, u64) {
-    let o = run(Command::new(fsck_bin())
-        .args(["-n", "-V", "-U", "-S"])
-        .arg(image));
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "fsck.fat found problems:\n{out}");
-    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    // With -V, fsck.fat announces its two passes.
-    let unexpected: Vec<&&str> = lines
-        .iter()
-        .filter(|l| {
-            !l.starts_with("fsck.fat ")
-                && !l.contains(" files, ")
-                && **l != "Starting check/repair pass."
-                && **l != "Starting verification pass."
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "fsck.fat printed warnings:\n{out}");
-    let summary = lines
-        .iter()
-        .find(|l| l.contains(" files, "))
-        .unwrap_or_else(|| panic!("no fsck.fat summary in:\n{out}"));
-    // "<image>: 6 files, 2052/516214 clusters"
-    let tail = summary.rsplit(": ").next().unwrap();
-    let mut words = tail.split_whitespace();
-    let files: u64 = words.next().unwrap().parse().unwrap();
-    words.next(); // "files,"
-    let (used, total) = words.next().unwrap().split_once('/').unwrap();
-    (files, used.parse().unwrap(), total.parse().unwrap())
-}
-
 /// `fsck.fat -n -v` output, for boot-sector facts.
 fn fsck_verbose(image: &Path) -> String {
-    String::from_utf8(run_ok(
-        Command::new(fsck_bin()).args(["-n", "-v"]).arg(image),
-    ))
-    .unwrap()
+    String::from_utf8(run_ok(tool("fsck.fat").args(["-n", "-v"]).arg(image)).stdout).unwrap()
 }
 
 /// An mtools drive spec for an image with the filesystem at `offset`.
@@ -132,17 +46,13 @@ fn mtools_image(image: &Path, offset: u64) -> String {
 }
 
 fn minfo(image: &Path, offset: u64) -> String {
-    String::from_utf8(run_ok(Command::new("minfo").args([
-        "-i",
-        &mtools_image(image, offset),
-        "::",
-    ])))
-    .unwrap()
+    String::from_utf8(run_ok(tool("minfo").args(["-i", &mtools_image(image, offset), "::"])).stdout)
+        .unwrap()
 }
 
 fn mcopy_out(image: &Path, offset: u64, esp_path: &str, dest: &Path) -> Vec<u8> {
     run_ok(
-        Command::new("mcopy")
+        tool("mcopy")
             .args(["-n", "-i", &mtools_image(image, offset)])
             .arg(format!("::/{esp_path}"))
             .arg(dest),
@@ -152,17 +62,17 @@ fn mcopy_out(image: &Path, offset: u64, esp_path: &str, dest: &Path) -> Vec<u8> 
 
 fn mtype(image: &Path, offset: u64, esp_path: &str) -> Vec<u8> {
     run_ok(
-        Command::new("mtype")
+        tool("mtype")
             .args(["-i", &mtools_image(image, offset)])
             .arg(format!("::/{esp_path}")),
     )
+    .stdout
 }
 
 /// Every path `mdir -/ -b` lists (directories end in `/`).
 fn mdir_paths(image: &Path, offset: u64) -> Vec<String> {
-    let out =
-        run_ok(Command::new("mdir").args(["-/", "-b", "-i", &mtools_image(image, offset), "::"]));
-    let mut v: Vec<String> = String::from_utf8(out)
+    let out = run_ok(tool("mdir").args(["-/", "-b", "-i", &mtools_image(image, offset), "::"]));
+    let mut v: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .filter_map(|l| l.strip_prefix("::/").map(str::to_string))
@@ -172,21 +82,8 @@ fn mdir_paths(image: &Path, offset: u64) -> Vec<String> {
 }
 
 fn sha256sum(path: &Path) -> String {
-    let out = String::from_utf8(run_ok(Command::new("sha256sum").arg(path))).unwrap();
+    let out = String::from_utf8(run_ok(tool("sha256sum").arg(path)).stdout).unwrap();
     out.split_whitespace().next().unwrap().to_string()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn prng(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn create(path: &Path) -> File {
@@ -260,11 +157,11 @@ struct Inputs {
 impl Inputs {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut bz = prng(2, (8 * MIB + 4321) as usize);
+        let mut bz = pseudo_random((8 * MIB + 4321) as usize, 2);
         // A run of zeros inside a file must survive the zero-block skipping.
         bz[(3 * MIB) as usize..(3 * MIB + 200_000) as usize].fill(0);
         let contents: Vec<(&str, Vec<u8>, bool)> = vec![
-            ("EFI/BOOT/BOOTX64.EFI", prng(1, (MIB + 999) as usize), true),
+            ("EFI/BOOT/BOOTX64.EFI", pseudo_random((MIB + 999) as usize, 1), true),
             (
                 "EFI/BOOT/grub.cfg",
                 b"set timeout=0\nmenuentry cocos {\n  linux /bzImage console=ttyS0\n  initrd /initrd.cpio.gz\n}\n"
@@ -272,7 +169,7 @@ impl Inputs {
                 false,
             ),
             ("bzImage", bz, true),
-            ("initrd.cpio.gz", prng(3, (3 * MIB + 77) as usize), true),
+            ("initrd.cpio.gz", pseudo_random((3 * MIB + 77) as usize, 3), true),
             ("EFI/cocos/empty.txt", Vec::new(), false),
         ];
         let mut files = BTreeMap::new();
@@ -340,7 +237,7 @@ fn check_with_reference_tools(inputs: &Inputs, image: &Path, offset: u64, size: 
         copy_range(image, offset, size, &part);
         part.clone()
     };
-    let (fsck_files, used, total) = fsck_clean(&fsck_image);
+    let (fsck_files, used, total) = fsck_fat_clean(&fsck_image);
     // fsck.fat counts directory entries: the volume label, 3 directories
     // (EFI, EFI/BOOT, EFI/cocos) and 5 files.
     assert_eq!(fsck_files, 9);
@@ -415,12 +312,13 @@ fn esp_at_1mib_offset_leaves_the_rest_of_the_file_alone() {
     f.set_len(total).unwrap();
     // Garbage before, after and inside the range (as if the image were
     // reused): outside must survive, inside must be cleared.
-    let before = prng(7, offset as usize);
-    let after = prng(8, MIB as usize);
+    let before = pseudo_random(offset as usize, 7);
+    let after = pseudo_random(MIB as usize, 8);
     f.write_all_at(&before, 0).unwrap();
     f.write_all_at(&after, offset + DEFAULT_ESP_SIZE).unwrap();
     for at in [0, 100 * MIB, DEFAULT_ESP_SIZE - 65536] {
-        f.write_all_at(&prng(9 + at, 65536), offset + at).unwrap();
+        f.write_all_at(&pseudo_random(65536, 9 + at), offset + at)
+            .unwrap();
     }
     write_esp(&f, offset, &inputs.spec()).unwrap();
 
@@ -486,7 +384,7 @@ fn small_esps_are_still_fat32_and_clean() {
                 ..inputs.spec()
             },
         );
-        let (_, _, total) = fsck_clean(&image);
+        let (_, _, total) = fsck_fat_clean(&image);
         assert!(
             total >= 65525,
             "FAT32 needs >= 65525 clusters, fsck.fat counts {total}"
@@ -525,7 +423,7 @@ fn larger_esp_uses_4k_clusters_and_is_clean() {
             ..inputs.spec()
         },
     );
-    fsck_clean(&image);
+    fsck_fat_clean(&image);
     let info = minfo(&image, 0);
     assert!(info.contains("cluster size: 8 sectors"), "{info}");
     assert!(info.contains("disk type=\"FAT32   \""), "{info}");
@@ -537,11 +435,11 @@ fn larger_esp_uses_4k_clusters_and_is_clean() {
 /// SHA-256 (hex) of `[0, len)` of `path`, by `head -c | sha256sum`.
 fn sha256_prefix(path: &Path, len: u64) -> String {
     let out = run_ok(
-        Command::new("sh")
+        tool("sh")
             .arg("-c")
             .arg(format!("head -c {len} '{}' | sha256sum", path.display())),
     );
-    String::from_utf8(out).unwrap()[..64].to_string()
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 #[test]
@@ -736,12 +634,9 @@ fn timestamps_are_the_spec_time_in_utc() {
         }
 
         // mdir shows date and hh:mm of every entry.
-        let listing = String::from_utf8(run_ok(
-            Command::new("mdir")
-                .args(["-/", "-a", "-i"])
-                .arg(&image)
-                .arg("::"),
-        ))
+        let listing = String::from_utf8(
+            run_ok(tool("mdir").args(["-/", "-a", "-i"]).arg(&image).arg("::")).stdout,
+        )
         .unwrap();
         // Lines are compared with runs of spaces collapsed.
         let stamp = format!(
@@ -877,22 +772,17 @@ fn read_esp_reads_an_esp_made_by_mkfs_fat_and_mcopy() {
     let image = inputs.dir.path().join("ref.img");
     // mkfs.fat -C takes the size in KiB.
     run_ok(
-        Command::new(mkfs_bin())
+        tool("mkfs.fat")
             .args(["-F", "32", "-i", "12345678", "-n", "REFESP", "-C"])
             .arg(&image)
             .arg((DEFAULT_ESP_SIZE / 1024).to_string()),
     );
     for dir in ["EFI", "EFI/BOOT", "EFI/cocos"] {
-        run_ok(
-            Command::new("mmd")
-                .arg("-i")
-                .arg(&image)
-                .arg(format!("::/{dir}")),
-        );
+        run_ok(tool("mmd").arg("-i").arg(&image).arg(format!("::/{dir}")));
     }
     for (esp, (host, _, _)) in &inputs.files {
         run_ok(
-            Command::new("mcopy")
+            tool("mcopy")
                 .arg("-i")
                 .arg(&image)
                 .arg(host)
@@ -1049,7 +939,7 @@ fn files_that_do_not_fit_are_named() {
     let spec = spec_with(vec![bytes_file("a.bin", 30 * MIB as usize)], 64 * MIB);
     let image = dir.path().join("ok.img");
     let report = write_esp(&create(&image), 0, &spec).unwrap();
-    let (_, used, total) = fsck_clean(&image);
+    let (_, used, total) = fsck_fat_clean(&image);
     assert_eq!(total - used, u64::from(report.free_clusters));
     let fill = u64::from(report.free_clusters) * u64::from(report.cluster_size);
     let spec = spec_with(
@@ -1062,7 +952,7 @@ fn files_that_do_not_fit_are_named() {
     let image = dir.path().join("full.img");
     let report = write_esp(&create(&image), 0, &spec).unwrap();
     assert_eq!(report.free_clusters, 0);
-    let (_, used, total) = fsck_clean(&image);
+    let (_, used, total) = fsck_fat_clean(&image);
     assert_eq!(used, total);
     let spec = spec_with(
         vec![
@@ -1197,7 +1087,7 @@ fn names_with_mixed_case_and_long_names_round_trip_through_mtools() {
         ..spec_with(files, 64 * MIB)
     };
     let report = write_esp(&create(&image), 0, &spec).unwrap();
-    fsck_clean(&image);
+    fsck_fat_clean(&image);
     assert_eq!(report.label, "NO NAME");
     // The first spelling of a directory (in byte order, "EFI" < "efi") wins.
     let paths: Vec<&str> = report.files.iter().map(|e| e.path.as_str()).collect();
@@ -1247,7 +1137,7 @@ fn directories_spanning_several_clusters_stay_consistent() {
     let mut want: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     let image = dir.path().join("esp.img");
     let report = write_esp(&create(&image), 0, &spec_with(files, 64 * MIB)).unwrap();
-    let (count, used, total) = fsck_clean(&image);
+    let (count, used, total) = fsck_fat_clean(&image);
     // label + 81 files + EFI, Linux, deeper, still, deeper
     assert_eq!(count, 1 + 81 + 5);
     assert_eq!(total - used, u64::from(report.free_clusters));
@@ -1278,7 +1168,7 @@ fn directories_spanning_several_clusters_stay_consistent() {
     // An empty ESP is fine too.
     let image = dir.path().join("empty.img");
     write_esp(&create(&image), 0, &spec_with(Vec::new(), 64 * MIB)).unwrap();
-    let (count, _, _) = fsck_clean(&image);
+    let (count, _, _) = fsck_fat_clean(&image);
     assert_eq!(count, 1, "just the label");
 }
 
@@ -1292,7 +1182,7 @@ fn esp_stays_sparse() {
     write_esp(&create(&image), 0, &inputs.spec()).unwrap();
     let allocated = fs::metadata(&image).unwrap().blocks() * 512;
     let data = inputs.total_bytes();
-    let du = String::from_utf8(run_ok(Command::new("du").arg("-k").arg(&image))).unwrap();
+    let du = String::from_utf8(run_ok(tool("du").arg("-k").arg(&image)).stdout).unwrap();
     println!(
         "256 MiB ESP holding {data} bytes of files: {allocated} bytes allocated (du -k: {})",
         du.trim()
@@ -1404,7 +1294,7 @@ fn mkfs_image(dir: &Path, bits: u32, kib: u64, files: &[(&str, Vec<u8>)]) -> Pat
     let image = dir.join(format!("fat{bits}.img"));
     let _ = fs::remove_file(&image);
     run_ok(
-        Command::new(mkfs_bin())
+        tool("mkfs.fat")
             .args(["-F", &bits.to_string(), "-s", "1", "-n", "SMALL", "-C"])
             .arg(&image)
             .arg(kib.to_string()),
@@ -1415,19 +1305,14 @@ fn mkfs_image(dir: &Path, bits: u32, kib: u64, files: &[(&str, Vec<u8>)]) -> Pat
         for depth in 1..parts.len() {
             let d = parts[..depth].join("/");
             if !made.contains(&d) {
-                run_ok(
-                    Command::new("mmd")
-                        .arg("-i")
-                        .arg(&image)
-                        .arg(format!("::/{d}")),
-                );
+                run_ok(tool("mmd").arg("-i").arg(&image).arg(format!("::/{d}")));
                 made.push(d);
             }
         }
         let host = dir.join(format!("in-{bits}-{i}"));
         fs::write(&host, bytes).unwrap();
         run_ok(
-            Command::new("mcopy")
+            tool("mcopy")
                 .arg("-i")
                 .arg(&image)
                 .arg(&host)
@@ -1442,10 +1327,10 @@ fn read_esp_reads_fat12_and_fat16_made_by_mkfs_fat() {
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("EFI/BOOT/grub.cfg", b"set timeout=0\n".to_vec()),
-        ("EFI/BOOT/BOOTX64.EFI", prng(5, 70_000)),
-        ("a long file name.bin", prng(6, 3000)),
+        ("EFI/BOOT/BOOTX64.EFI", pseudo_random(70_000, 5)),
+        ("a long file name.bin", pseudo_random(3000, 6)),
         ("README.TXT", Vec::new()),
-        ("docs/x.md", prng(7, 513)),
+        ("docs/x.md", pseudo_random(513, 7)),
     ];
     for (bits, kib, kind) in [(12, 1024, FatKind::Fat12), (16, 8192, FatKind::Fat16)] {
         let image = mkfs_image(dir.path(), bits, kib, &files);
@@ -1498,9 +1383,9 @@ fn root_entry(image: &[u8], root: usize, name: &[u8; 11]) -> usize {
 fn read_esp_refuses_corrupt_filesystems_without_panicking_or_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<(&str, Vec<u8>)> = vec![
-        ("A.BIN", prng(8, 3000)),
-        ("B.BIN", prng(9, 1000)),
-        ("D/C.BIN", prng(10, 100)),
+        ("A.BIN", pseudo_random(3000, 8)),
+        ("B.BIN", pseudo_random(1000, 9)),
+        ("D/C.BIN", pseudo_random(100, 10)),
     ];
     let image = mkfs_image(dir.path(), 16, 8192, &files);
     let good = fs::read(&image).unwrap();

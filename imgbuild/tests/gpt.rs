@@ -5,11 +5,12 @@
 //! damage with typed errors and never panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs::File;
 use std::io::Seek;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use cocos_imgbuild::gpt::{
     self, DiskLayout, ESP_TYPE, GptError, HeaderKind, LINUX_DATA_TYPE, PartitionSpec,
@@ -17,6 +18,7 @@ use cocos_imgbuild::gpt::{
     write_gpt,
 };
 use cocos_imgbuild::seed::Seed;
+use common::{pseudo_random, run_ok, tool};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -32,40 +34,12 @@ const ROOT_HASH: [u8; 32] = [
     0x7e, 0x60, 0x7b, 0xb2, 0x8e, 0xdf, 0x8f, 0x19, 0x28, 0x49, 0x98, 0x6d, 0x70, 0xdb, 0x97, 0xea,
 ];
 
-/// A reference tool. Its absence is a failure, never a skip.
-fn tool(name: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} not found: the GPT tests compare against it. Install the Debian package \
-         {package} (apt-get install {package}) and run again."
-    );
-}
-
-fn run(name: &str, package: &str, args: &[&str]) -> Output {
-    let out = Command::new(tool(name, package))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{name} could not be started: {e}"));
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn sgdisk(args: &[&str]) -> Output {
-    run("sgdisk", "gdisk", args)
+    run_ok(tool("sgdisk").args(args))
 }
 
 fn sfdisk(args: &[&str]) -> Output {
-    run("sfdisk", "fdisk", args)
+    run_ok(tool("sfdisk").args(args))
 }
 
 fn seed() -> Seed {
@@ -254,7 +228,7 @@ fn image_is_sparse() {
         layout.disk_size
     );
     // The same through du(1).
-    let out = run("du", "coreutils", &["--block-size=1", path_str(&img)]);
+    let out = run_ok(tool("du").args(["--block-size=1", path_str(&img)]));
     let du: u64 = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -396,15 +370,7 @@ fn truncated_and_garbage_inputs_are_errors() {
         read_gpt(zeros.as_file()),
         Err(GptError::ProtectiveMbr(_))
     ));
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..64 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = pseudo_random(64 * 1024, 0x9e37_79b9_7f4a_7c15);
     assert!(read_gpt(file_with(&noise).as_file()).is_err());
 }
 

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: running the reference tools.
+//! Helpers shared by the integration tests: running the reference tools,
+//! and reproducible pseudo-random data.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -12,32 +13,45 @@ const PACKAGES: &[(&str, &str)] = &[
     ("veritysetup", "cryptsetup-bin"),
     ("e2fsck", "e2fsprogs"),
     ("debugfs", "e2fsprogs"),
+    ("dumpe2fs", "e2fsprogs"),
     ("fsck.fat", "dosfstools"),
+    ("mkfs.fat", "dosfstools"),
     ("mtype", "mtools"),
     ("mcopy", "mtools"),
     ("mdir", "mtools"),
+    ("minfo", "mtools"),
+    ("mmd", "mtools"),
     ("grub-mkimage", "grub-common"),
     ("readelf", "binutils"),
     ("sgdisk", "gdisk"),
     ("sfdisk", "fdisk"),
     ("sha256sum", "coreutils"),
+    ("du", "coreutils"),
+    ("cp", "coreutils"),
+    ("sh", "dash"),
+    ("mount", "mount"),
+    ("umount", "mount"),
 ];
 
-/// A reference tool; panics with an install hint when it is missing (tests
-/// never skip).
+/// A reference tool, found by its full path (the sbin directories are not
+/// always on a user's PATH); panics with an install hint when it is
+/// missing (tests never skip). mtools' check of the drive geometry is off:
+/// the images are files, not floppies.
 pub fn tool(name: &str) -> Command {
-    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists());
     let package = PACKAGES
         .iter()
         .find(|(tool, _)| *tool == name)
         .map_or(name, |(_, package)| *package);
-    assert!(
-        found,
-        "{name} not found: run scripts/setup-host.sh (Debian package {package})"
-    );
-    Command::new(name)
+    let path = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: run scripts/setup-host.sh (Debian package {package})")
+        });
+    let mut cmd = Command::new(path);
+    cmd.env("MTOOLS_SKIP_CHECK", "1");
+    cmd
 }
 
 /// Runs `cmd`; panics with its output unless it succeeds.
@@ -108,4 +122,20 @@ pub fn e2fsck_clean(image: &Path) {
             "e2fsck said: {line}\n{text}"
         );
     }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+/// The tests compare what the reference tools read back with these bytes,
+/// never with fixed digests, so any seed serves.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
