@@ -22,12 +22,13 @@
 //!   protects data across a crash, and after a crash this partition is
 //!   formatted again with a new key anyway.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libcryptsetup_rs::consts::flags::{CryptActivate, CryptPbkdf};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotsSize, MetadataSize};
 use libcryptsetup_rs::{
-    CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either, LibcryptErr,
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
+    LibcryptErr,
 };
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -245,13 +246,20 @@ fn cryptsetup_err(device: &Path, action: &'static str) -> impl FnOnce(LibcryptEr
     }
 }
 
+/// A device just formatted, with its LUKS2 context still loaded: it is
+/// activated from that context, without reading the header back.
+pub struct Formatted {
+    cd: CryptDevice,
+    device: PathBuf,
+}
+
 /// Formats `device` as LUKS2 with `settings` and `keys` (one keyslot, for
 /// the passphrase), without wiping the integrity tags.
 pub fn format(
     device: &Path,
     settings: &LuksSettings,
     keys: &EphemeralKeys,
-) -> Result<(), LuksError> {
+) -> Result<Formatted, LuksError> {
     let err = |action| cryptsetup_err(device, action);
     let mut cd = CryptInit::init(device).map_err(err("open"))?;
     let keyslots = KeyslotsSize::try_from(KEYSLOTS_BYTES).map_err(err("size the header of"))?;
@@ -288,31 +296,35 @@ pub fn format(
             libcryptsetup_rs::consts::flags::CryptVolumeKey::empty(),
         )
         .map_err(err("add a keyslot to"))?;
-    Ok(())
+    Ok(Formatted {
+        cd,
+        device: device.to_path_buf(),
+    })
 }
 
-/// Opens the LUKS2 `device` as the mapping `name` with the volume key
-/// (no key derivation), without the dm-integrity journal.
-pub fn open(
-    device: &Path,
-    name: &str,
-    settings: &LuksSettings,
-    keys: &EphemeralKeys,
-) -> Result<(), LuksError> {
-    let err = |action| cryptsetup_err(device, action);
-    let mut cd = CryptInit::init(device).map_err(err("open"))?;
-    cd.context_handle()
-        .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .map_err(err("load the LUKS2 header of"))?;
-    let flags = if settings.integrity.is_some() {
-        CryptActivate::NO_JOURNAL
-    } else {
-        CryptActivate::empty()
-    };
-    cd.activate_handle()
-        .activate_by_volume_key(Some(name), Some(&keys.volume_key), flags)
-        .map_err(err("activate"))?;
-    Ok(())
+impl Formatted {
+    /// Opens the device as the mapping `name` with the volume key (no key
+    /// derivation), without the dm-integrity journal, from the context
+    /// `format` left (the header it wrote is not loaded again).
+    pub fn activate(
+        mut self,
+        name: &str,
+        settings: &LuksSettings,
+        keys: &EphemeralKeys,
+    ) -> Result<(), LuksError> {
+        let device = self.device.clone();
+        let err = |action| cryptsetup_err(&device, action);
+        let cd = &mut self.cd;
+        let flags = if settings.integrity.is_some() {
+            CryptActivate::NO_JOURNAL
+        } else {
+            CryptActivate::empty()
+        };
+        cd.activate_handle()
+            .activate_by_volume_key(Some(name), Some(&keys.volume_key), flags)
+            .map_err(err("activate"))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

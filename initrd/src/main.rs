@@ -102,9 +102,11 @@ fn boot(
         // The key exists only in this scope (and in the kernel's dm-crypt
         // table); dropping it wipes it.
         let keys = EphemeralKeys::generate(settings.key_bytes).at(Step::Cocos)?;
-        luks::format(&parts.cocos, &settings, &keys).at(Step::Cocos)?;
+        let formatted = luks::format(&parts.cocos, &settings, &keys).at(Step::Cocos)?;
         let format_ms = t.elapsed().as_millis();
-        luks::open(&parts.cocos, COCOS_MAPPING, &settings, &keys).at(Step::Cocos)?;
+        formatted
+            .activate(COCOS_MAPPING, &settings, &keys)
+            .at(Step::Cocos)?;
         (format_ms, t.elapsed().as_millis() - format_ms)
     };
     let crypt_dev = find_mapping(COCOS_MAPPING).at(Step::Cocos)?;
