@@ -68,11 +68,37 @@ fn inputs() -> Inputs {
     }
 }
 
+/// The binary under test.
+fn imgbuild() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+}
+
+impl Inputs {
+    /// `cocos-imgbuild build --out OUT --rootfs TREE --kernel KERNEL
+    /// --initramfs INITRD`: the output and the inputs every build names.
+    fn build_cmd(&self, tree: &Path, out: &Path) -> Command {
+        let mut cmd = self.build_cmd_without_initramfs(tree, out);
+        cmd.arg("--initramfs").arg(&self.initrd);
+        cmd
+    }
+
+    /// The same without `--initramfs`, for builds that generate one.
+    fn build_cmd_without_initramfs(&self, tree: &Path, out: &Path) -> Command {
+        let mut cmd = imgbuild();
+        cmd.arg("build")
+            .arg("--out")
+            .arg(out)
+            .arg("--rootfs")
+            .arg(tree);
+        cmd.arg("--kernel").arg(&self.kernel);
+        cmd
+    }
+}
+
 fn build(inp: &Inputs, tree: &Path, out: &Path, epoch: &str, seed: &str) -> serde_json::Value {
     let out = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        inp.build_cmd(tree, out)
             .args([
-                "build",
                 "--json",
                 "--root-owned",
                 "--cocos-size",
@@ -81,14 +107,6 @@ fn build(inp: &Inputs, tree: &Path, out: &Path, epoch: &str, seed: &str) -> serd
                 seed,
             ])
             .args(["--cmdline", "console=ttyS0"])
-            .arg("--out")
-            .arg(out)
-            .arg("--rootfs")
-            .arg(tree)
-            .arg("--kernel")
-            .arg(&inp.kernel)
-            .arg("--initramfs")
-            .arg(&inp.initrd)
             .env("SOURCE_DATE_EPOCH", epoch),
     );
     serde_json::from_slice(&out.stdout).unwrap()
@@ -213,13 +231,7 @@ fn build_is_verifiable_and_reproducible() {
     // fsck.fat counts directory entries: the volume label, the
     // directories EFI and EFI/BOOT, and the four files.
     assert_eq!(files, 7);
-    let cfg = run_ok(
-        tool("mtype")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-i")
-            .arg(&p1)
-            .arg("::/EFI/BOOT/grub.cfg"),
-    );
+    let cfg = run_ok(tool("mtype").arg("-i").arg(&p1).arg("::/EFI/BOOT/grub.cfg"));
     let cfg = String::from_utf8_lossy(&cfg.stdout);
     assert!(cfg.contains(&format!("roothash={root_hash} ")), "{cfg}");
     assert!(cfg.contains("console=ttyS0"));
@@ -227,7 +239,6 @@ fn build_is_verifiable_and_reproducible() {
     // (both are written into the ESP after the root hash is known).
     let grub = run_ok(
         tool("mtype")
-            .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(&p1)
             .arg("::/EFI/BOOT/BOOTX64.EFI"),
@@ -298,94 +309,53 @@ fn epoch_and_seed_change_only_what_depends_on_them() {
 fn missing_inputs_and_unwritable_outputs_are_named() {
     let inp = inputs();
     let work = tempfile::tempdir().unwrap();
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-            .arg("build")
-            .args(extra)
-            .output()
-            .unwrap()
-    };
     let kernel = inp.kernel.to_str().unwrap();
     let initrd = inp.initrd.to_str().unwrap();
     let tree = inp.tree_a.to_str().unwrap();
     let out = work.path().join("out");
     let out = out.to_str().unwrap();
-    for (args, needle) in [
+    // Every row gives these, but for the one it changes (`None`: leaves
+    // out) and the flags it adds.
+    let base = [
+        ("--out", out),
+        ("--rootfs", tree),
+        ("--kernel", kernel),
+        ("--initramfs", initrd),
+    ];
+    for (changed, added, needle) in [
         (
-            vec![
-                "--out",
-                out,
-                "--rootfs",
-                "/nonexistent",
-                "--kernel",
-                kernel,
-                "--initramfs",
-                initrd,
-            ],
+            vec![("--rootfs", Some("/nonexistent"))],
+            vec![],
             "/nonexistent: root tree not found",
         ),
         (
-            vec![
-                "--out",
-                out,
-                "--rootfs",
-                tree,
-                "--kernel",
-                "/no/kernel",
-                "--initramfs",
-                initrd,
-            ],
+            vec![("--kernel", Some("/no/kernel"))],
+            vec![],
             "/no/kernel: kernel not found",
         ),
         (
-            vec![
-                "--out",
-                "/proc/forbidden",
-                "--rootfs",
-                tree,
-                "--kernel",
-                kernel,
-                "--initramfs",
-                initrd,
-            ],
+            vec![("--out", Some("/proc/forbidden"))],
+            vec![],
             "/proc/forbidden",
         ),
         (
-            vec![
-                "--out",
-                out,
-                "--rootfs",
-                tree,
-                "--kernel",
-                kernel,
-                "--initramfs",
-                initrd,
-                "--root-size",
-                "64K",
-            ],
+            vec![],
+            vec!["--root-size", "64K"],
             "the tree needs at least",
         ),
-        (
-            vec![
-                "--out",
-                out,
-                "--rootfs",
-                tree,
-                "--kernel",
-                kernel,
-                "--initramfs",
-                initrd,
-                "--esp-size",
-                "12Q",
-            ],
-            "unknown size unit",
-        ),
-        (
-            vec!["--rootfs", tree, "--kernel", kernel, "--initramfs", initrd],
-            "--out DIR is required",
-        ),
+        (vec![], vec!["--esp-size", "12Q"], "unknown size unit"),
+        (vec![("--out", None)], vec![], "--out DIR is required"),
     ] {
-        let o = run(&args);
+        let mut args: Vec<&str> = Vec::new();
+        for (flag, value) in base {
+            match changed.iter().find(|(f, _)| *f == flag) {
+                Some((_, Some(v))) => args.extend([flag, v]),
+                Some((_, None)) => {}
+                None => args.extend([flag, value]),
+            }
+        }
+        args.extend(added);
+        let o = imgbuild().arg("build").args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
@@ -403,7 +373,7 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
     let summary = build(&inp, &inp.tree_a, &out, "1700000000", SEED);
     let disk = out.join("disk.img");
     let inspect = |disk: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        imgbuild()
             .args(["inspect", "--json"])
             .arg(disk)
             .output()
@@ -490,7 +460,7 @@ fn inspect_reports_the_image_and_catches_a_flipped_root_byte() {
 }
 
 fn inspect_json(disk: &Path) -> (Option<i32>, serde_json::Value, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+    let o = imgbuild()
         .args(["inspect", "--json"])
         .arg(disk)
         .output()
@@ -510,7 +480,6 @@ fn esp_arg(disk: &Path) -> String {
 fn esp_get(disk: &Path, path: &str) -> Vec<u8> {
     run_ok(
         tool("mtype")
-            .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(esp_arg(disk))
             .arg(format!("::/{path}")),
@@ -524,7 +493,6 @@ fn esp_put(disk: &Path, path: &str, bytes: &[u8]) {
     fs::write(tmp.path(), bytes).unwrap();
     run_ok(
         tool("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
             .args(["-o", "-i"])
             .arg(esp_arg(disk))
             .arg(tmp.path())
@@ -646,9 +614,8 @@ fn inspect_checks_the_file_a_prebuilt_grub_reads() {
     );
     let out = work.path().join("out");
     run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        inp.build_cmd(&inp.tree_a, &out)
             .args([
-                "build",
                 "--json",
                 "--root-owned",
                 "--cocos-size",
@@ -658,14 +625,6 @@ fn inspect_checks_the_file_a_prebuilt_grub_reads() {
             ])
             .arg("--bootloader")
             .arg(&grub)
-            .arg("--out")
-            .arg(&out)
-            .arg("--rootfs")
-            .arg(&inp.tree_a)
-            .arg("--kernel")
-            .arg(&inp.kernel)
-            .arg("--initramfs")
-            .arg(&inp.initrd)
             .env("SOURCE_DATE_EPOCH", "1700000000"),
     );
     let disk = out.join("disk.img");
@@ -755,17 +714,9 @@ fn an_explicit_default_table_builds_the_same_image() {
     .unwrap();
     let described = work.path().join("described");
     run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-            .args(["build", "--json", "--config"])
+        inp.build_cmd(&inp.tree_a, &described)
+            .args(["--json", "--config"])
             .arg(&config)
-            .arg("--out")
-            .arg(&described)
-            .arg("--rootfs")
-            .arg(&inp.tree_a)
-            .arg("--kernel")
-            .arg(&inp.kernel)
-            .arg("--initramfs")
-            .arg(&inp.initrd)
             .env("SOURCE_DATE_EPOCH", "1700000000"),
     );
     assert_eq!(digests(&described), digests(&by_flags));
@@ -797,17 +748,9 @@ fn a_described_partition_table_is_built_as_described() {
     let out = work.path().join("out");
     let summary: serde_json::Value = serde_json::from_slice(
         &run_ok(
-            Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-                .args(["build", "--json", "--config"])
+            inp.build_cmd(&inp.tree_a, &out)
+                .args(["--json", "--config"])
                 .arg(&config)
-                .arg("--out")
-                .arg(&out)
-                .arg("--rootfs")
-                .arg(&inp.tree_a)
-                .arg("--kernel")
-                .arg(&inp.kernel)
-                .arg("--initramfs")
-                .arg(&inp.initrd)
                 .env("SOURCE_DATE_EPOCH", "1700000000"),
         )
         .stdout,
@@ -888,17 +831,10 @@ fn bad_image_descriptions_name_the_file_the_key_and_the_reason() {
     ] {
         fs::write(&config, &text).unwrap();
         let out = work.path().join("out");
-        let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-            .args(["build", "--config"])
+        let o = inp
+            .build_cmd(&inp.tree_a, &out)
+            .arg("--config")
             .arg(&config)
-            .arg("--out")
-            .arg(&out)
-            .arg("--rootfs")
-            .arg(&inp.tree_a)
-            .arg("--kernel")
-            .arg(&inp.kernel)
-            .arg("--initramfs")
-            .arg(&inp.initrd)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -915,17 +851,10 @@ fn bad_image_descriptions_name_the_file_the_key_and_the_reason() {
         format!("{base}[[partition]]\nrole = \"data\"\nlabel = \"other\"\nsize = \"1M\"\n"),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-        .args(["build", "--cocos-size", "1G", "--config"])
+    let o = inp
+        .build_cmd(&inp.tree_a, &work.path().join("out"))
+        .args(["--cocos-size", "1G", "--config"])
         .arg(&config)
-        .arg("--out")
-        .arg(work.path().join("out"))
-        .arg("--rootfs")
-        .arg(&inp.tree_a)
-        .arg("--kernel")
-        .arg(&inp.kernel)
-        .arg("--initramfs")
-        .arg(&inp.initrd)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -971,7 +900,7 @@ fn config_file_with_a_tar_root_matches_the_flags() {
     .unwrap();
     let run = |extra: &[&str]| {
         let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+            imgbuild()
                 .args(["build", "--json", "--config"])
                 .arg(&config)
                 .args(extra)
@@ -996,7 +925,7 @@ fn config_file_with_a_tar_root_matches_the_flags() {
     ]);
     assert!(other.join("disk.img").exists());
     let inspect = run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        imgbuild()
             .args(["inspect", "--json"])
             .arg(other.join("disk.img")),
     );
@@ -1013,7 +942,7 @@ fn config_file_with_a_tar_root_matches_the_flags() {
 
     // A key the tool does not know is refused, naming the file.
     fs::write(&config, "rootfs = \"root.tar\"\nroot_size = \"1G\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+    let out = imgbuild()
         .args(["build", "--config"])
         .arg(&config)
         .output()
@@ -1105,15 +1034,9 @@ fn build_with_init_generates_a_reproducible_initramfs() {
     fs::write(&extra, b"hello\n").unwrap();
     let build_init = |tree: &Path, out: &Path| {
         let o = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-                .args(["build", "--json", "--root-owned", "--cocos-size", "1G"])
+            inp.build_cmd_without_initramfs(tree, out)
+                .args(["--json", "--root-owned", "--cocos-size", "1G"])
                 .args(["--seed", SEED, "--cmdline", "console=ttyS0"])
-                .arg("--out")
-                .arg(out)
-                .arg("--rootfs")
-                .arg(tree)
-                .arg("--kernel")
-                .arg(&inp.kernel)
                 .args(["--init", "/bin/true", "--modules-dir"])
                 .arg(&modules)
                 .args(["--module", "a", "--device-timeout-ms", "5000"])
@@ -1169,13 +1092,7 @@ fn build_with_init_generates_a_reproducible_initramfs() {
     let disk = one.join("disk.img");
     let p1 = work.path().join("p1");
     extract(&disk, partition(&disk, 1), &p1);
-    let esp_initrd = run_ok(
-        tool("mtype")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-i")
-            .arg(&p1)
-            .arg("::/initrd.cpio.gz"),
-    );
+    let esp_initrd = run_ok(tool("mtype").arg("-i").arg(&p1).arg("::/initrd.cpio.gz"));
     assert!(esp_initrd.stdout == fs::read(&initrd).unwrap());
 
     // The manifest records the init program and what the archive holds.
@@ -1240,7 +1157,7 @@ fn build_with_init_generates_a_reproducible_initramfs() {
     )
     .unwrap();
     run_ok(
-        Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
+        imgbuild()
             .args(["build", "--config"])
             .arg(&config)
             .env("SOURCE_DATE_EPOCH", "1700000000"),
@@ -1249,11 +1166,8 @@ fn build_with_init_generates_a_reproducible_initramfs() {
 
     // --initramfs and --init: one of them, not both, and the generation
     // options only with --init.
-    let kernel = inp.kernel.to_str().unwrap();
     let initrd_in = inp.initrd.to_str().unwrap();
-    let tree = inp.tree_a.to_str().unwrap();
-    let out = work.path().join("bad");
-    let out = out.to_str().unwrap();
+    let bad = work.path().join("bad");
     for (extra, needle) in [
         (
             vec!["--initramfs", initrd_in, "--init", "/bin/true"],
@@ -1276,8 +1190,8 @@ fn build_with_init_generates_a_reproducible_initramfs() {
             "/nonexistent",
         ),
     ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-            .args(["build", "--out", out, "--rootfs", tree, "--kernel", kernel])
+        let o = inp
+            .build_cmd_without_initramfs(&inp.tree_a, &bad)
             .args(&extra)
             .output()
             .unwrap();
@@ -1289,8 +1203,8 @@ fn build_with_init_generates_a_reproducible_initramfs() {
     // A prebuilt initramfs from image.toml and a module flag: refused,
     // not silently ignored.
     fs::write(&config, format!("initramfs = \"{initrd_in}\"\n")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cocos-imgbuild"))
-        .args(["build", "--out", out, "--rootfs", tree, "--kernel", kernel])
+    let o = inp
+        .build_cmd_without_initramfs(&inp.tree_a, &bad)
         .arg("--config")
         .arg(&config)
         .args(["--module", "a"])
