@@ -6,12 +6,14 @@
 //! directives igvmmeasure embedded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod refs;
 
 use base64::Engine;
 use cocos_measure::idblock::{EcdsaSignature, IdAuth, IdBlock, IdKey};
 use cocos_measure::igvm::IgvmImage;
-use refs::{cocos_measure, rows, s, vector_file};
+use common::cocos_measure;
+use refs::{rows, s, vector_file};
 use serde_json::Value;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 

@@ -11,11 +11,13 @@
 //! that the flag is wired to it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod refs;
 
 use std::process::Output;
 
-use refs::{cocos_measure, rows, s, vector_file};
+use common::cocos_measure;
+use refs::{rows, s, vector_file};
 use serde_json::Value;
 
 fn igvm(args: &[&str]) -> Output {

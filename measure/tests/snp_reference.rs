@@ -5,13 +5,15 @@
 //! fail. Needs `scripts/setup-python-refs.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod refs;
 
 use std::path::Path;
 use std::process::Command;
 
+use common::{cocos_measure, sev_snp_measure};
 use proptest::prelude::*;
-use refs::{cocos_measure, input, sev_snp_measure};
+use refs::input;
 
 #[derive(Debug, Clone)]
 enum Vcpu {

@@ -4,11 +4,13 @@
 //! the reason the reference gave, in a message of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod refs;
 
 use std::path::Path;
 
-use refs::{cocos_measure, input, rows, s};
+use common::cocos_measure;
+use refs::{input, rows, s};
 use serde_json::Value;
 use sha2::{Digest, Sha384};
 

@@ -28,15 +28,15 @@
 //! as real files. No TDX machine was available to check a real MRTD.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod refs;
+mod common;
 
+use common::{cocos_measure, mosaik_mrtd, run_ok};
 use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmPlatformHeader, IgvmRevision};
 use igvm_defs::{
     IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM, IgvmPageDataFlags, IgvmPageDataType,
     IgvmPlatformType,
 };
 use proptest::prelude::*;
-use refs::{cocos_measure, mosaik_mrtd};
 use sha2::{Digest, Sha384};
 
 const TDX_MASK: u32 = 0x1;
@@ -308,15 +308,7 @@ fn both_mrtds(sections: &[Section]) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tdvf.fd");
     std::fs::write(&path, tdvf_image(sections)).unwrap();
-    let out = std::process::Command::new(mosaik_mrtd())
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mosaik-mrtd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(std::process::Command::new(mosaik_mrtd()).arg(&path));
     let reference = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(reference.len(), 96, "mosaik-mrtd printed {reference:?}");
     (reference, cli_mrtd(&tdvf_as_igvm(sections)))
