@@ -7,12 +7,15 @@
 //! emulation). We skip the wipe and instead write the filesystem with our
 //! own writer (`cocos_imgbuild::ext4`), which writes every block the kernel
 //! will read back, in whole 4 KiB blocks: block 0 and every superblock
-//! copy, the group descriptors, every bitmap, every inode table in full,
-//! and the directories. Free blocks are never read before the kernel writes
-//! them, so the filesystem mounts and fills without a single tag failure,
-//! and the time to write it depends on the metadata, not on the partition
-//! size. (`mke2fs` reads blocks it did not write and zeroes inode tables
-//! lazily; see docs/decisions.md.)
+//! copy, the group descriptors, every bitmap, the inode table blocks the
+//! kernel reads (lazy tables: those holding inodes in use and the one its
+//! inode readahead reads after them, with the readahead switched off for
+//! every mount; see `cocos_imgbuild::ext4::writer::lazy_itable_blocks`),
+//! and the directories. Free blocks are never read before the kernel
+//! writes them, so the filesystem mounts and fills without a single tag
+//! failure, and the time to write it depends on the metadata, not on the
+//! partition size. (`mke2fs` reads blocks it did not write and zeroes
+//! inode tables lazily; see docs/decisions.md.)
 //!
 //! The tree holds the directories the runtime expects (`.cache/oci`,
 //! `datasets`, `docker`, `cocos_init`), so they are part of the same write.
