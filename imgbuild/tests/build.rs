@@ -656,9 +656,8 @@ fn inspect_refuses_a_superblock_that_overruns_the_root_partition() {
     let out = work.path().join("out");
     build(&inp, &inp.tree_a, &out, "1700000000", SEED);
     let disk = out.join("disk.img");
-    let (root_start, root_size) = partition(&disk, 2);
+    let (_, root_size) = partition(&disk, 2);
     let (verity_start, _) = partition(&disk, 3);
-    let _ = root_start;
     // The superblock's data_blocks field: a little-endian u64 at offset 72
     // (veritysetup's "Data blocks"; cryptsetup's verity format docs).
     let claim = root_size / 4096 + 1;
