@@ -22,14 +22,13 @@
 //!   protects data across a crash, and after a crash this partition is
 //!   formatted again with a new key anyway.
 
+mod ffi;
+
 use std::path::{Path, PathBuf};
 
-use libcryptsetup_rs::consts::flags::{CryptActivate, CryptPbkdf};
-use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotsSize, MetadataSize};
-use libcryptsetup_rs::{
-    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
-    LibcryptErr,
-};
+use libcryptsetup_rs::consts::flags::CryptActivate;
+use libcryptsetup_rs::consts::vals::{KeyslotsSize, MetadataSize};
+use libcryptsetup_rs::{CryptDevice, Either, LibcryptErr};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -55,6 +54,14 @@ pub const PBKDF2_ITERATIONS: u32 = 1000;
 /// without its "keyslots area is very small" warning
 /// (`lib/luks2/luks2_json_format.c`, `LUKS2_HDR_OFFSET_MAX`).
 pub const KEYSLOTS_BYTES: u64 = (4 << 20) - 2 * 16 * 1024;
+/// Size of the dm-integrity journal written at format: 1 MiB whatever the
+/// partition's size. The kernel's default is 1/128 of the device, up to
+/// 64 MiB (`DEFAULT_JOURNAL_SIZE_FACTOR`, `DEFAULT_MAX_JOURNAL_SECTORS` in
+/// `drivers/md/dm-integrity.c`), and the kernel writes the whole journal
+/// when it formats: 32 MiB at every boot of a 4 GiB partition. The mapping
+/// is opened without the journal ([`Formatted::activate`]), so its size
+/// only costs writes.
+pub const JOURNAL_BYTES: u64 = 1 << 20;
 /// Bytes of the keyslot passphrase.
 pub const PASSPHRASE_BYTES: usize = 64;
 /// cryptsetup's default key size before the XTS and integrity adjustments
@@ -222,20 +229,6 @@ impl EphemeralKeys {
     }
 }
 
-/// The keyslot's key derivation: PBKDF2-SHA256 at the minimum cost, no
-/// benchmark.
-pub fn keyslot_pbkdf() -> CryptPbkdfType {
-    CryptPbkdfType {
-        type_: CryptKdf::Pbkdf2,
-        hash: Some("sha256".to_owned()),
-        time_ms: 0,
-        iterations: PBKDF2_ITERATIONS,
-        max_memory_kb: 0,
-        parallel_threads: 0,
-        flags: CryptPbkdf::NO_BENCHMARK,
-    }
-}
-
 /// Maps a libcryptsetup error on `device` while doing `action`.
 fn cryptsetup_err(device: &Path, action: &'static str) -> impl FnOnce(LibcryptErr) -> LuksError {
     let device = device.to_path_buf();
@@ -261,33 +254,24 @@ pub fn format(
     keys: &EphemeralKeys,
 ) -> Result<Formatted, LuksError> {
     let err = |action| cryptsetup_err(device, action);
-    let mut cd = CryptInit::init(device).map_err(err("open"))?;
     let keyslots = KeyslotsSize::try_from(KEYSLOTS_BYTES).map_err(err("size the header of"))?;
-    cd.settings_handle()
-        .set_metadata_size(MetadataSize::Kb16, keyslots)
-        .map_err(err("size the header of"))?;
-    let params = CryptParamsLuks2 {
-        pbkdf: Some(keyslot_pbkdf()),
-        integrity: settings.integrity.clone(),
-        integrity_params: None,
-        data_alignment: 0,
-        data_device: None,
-        sector_size: settings.sector_size,
-        label: Some("cocos".to_owned()),
-        subsystem: None,
-    };
-    let mut params_ref: CryptParamsLuks2Ref<'_> = (&params)
-        .try_into()
-        .map_err(err("describe the format of"))?;
-    cd.context_handle()
-        .format(
-            EncryptionFormat::Luks2,
-            (&settings.cipher, &settings.mode),
-            None,
-            Either::Left(&keys.volume_key),
-            Some(&mut params_ref),
-        )
-        .map_err(err("format"))?;
+    let mut cd = ffi::format_luks2(
+        device,
+        &ffi::Luks2Format {
+            cipher: &settings.cipher,
+            mode: &settings.mode,
+            volume_key: &keys.volume_key,
+            integrity: settings.integrity.as_deref(),
+            journal_bytes: JOURNAL_BYTES,
+            sector_size: settings.sector_size,
+            label: "cocos",
+            metadata: MetadataSize::Kb16,
+            keyslots,
+            pbkdf2_hash: "sha256",
+            pbkdf2_iterations: PBKDF2_ITERATIONS,
+        },
+    )
+    .map_err(|(action, source)| err(action)(source))?;
     cd.keyslot_handle()
         .add_by_key(
             None,
