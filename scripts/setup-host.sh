@@ -14,11 +14,14 @@
 #   busybox-static cpio    the test root's /sbin/init and the debug shell; cpio -t checks
 #   kmod zstd           modinfo/depmod (module order reference), compressed-module tests
 #   binutils            readelf: the ELF interpreter and DT_NEEDED reference
+#   protobuf-compiler libprotobuf-dev   protoc and the well-known .proto files: cocos-proto's
+#                       build, and protoc --decode_raw as the wire-format reference
+#   golang-go           Go's encoding/json and archive/zip: the manifest JSON and zip reference
 set -euo pipefail
 
 packages=(cryptsetup-bin e2fsprogs dosfstools mtools gdisk fdisk grub-efi-amd64-bin grub-common
   genimage debootstrap time libcryptsetup-dev libclang-dev clang pkg-config qemu-system-x86 ovmf
-  busybox-static cpio kmod zstd binutils)
+  busybox-static cpio kmod zstd binutils protobuf-compiler libprotobuf-dev golang-go)
 
 missing=()
 for p in "${packages[@]}"; do
