@@ -76,6 +76,13 @@ pub enum KeyType {
     Ed25519,
 }
 
+/// DER of a PKCS#8 v1 Ed25519 `PrivateKeyInfo` up to the 32-byte seed
+/// (RFC 8410 §7): SEQUENCE, version 0, AlgorithmIdentifier id-Ed25519,
+/// OCTET STRING { OCTET STRING (32 bytes) }.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 /// A public key of one of the accepted algorithms.
 #[derive(Clone)]
 pub enum PublicKey {
@@ -379,7 +386,15 @@ impl PrivateKey {
             Self::Rsa(k) => k.to_pkcs8_pem(LineEnding::LF),
             Self::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Self::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
-            Self::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Self::Ed25519(k) => {
+                // PKCS#8 v1 (RFC 8410 §7): OpenSSL 3.0 cannot read the v2
+                // form with the public key that ed25519-dalek writes.
+                let mut der = ED25519_PKCS8_V1_PREFIX.to_vec();
+                der.extend_from_slice(k.as_bytes());
+                let pem = pem::encode_string("PRIVATE KEY", LineEnding::LF, &der);
+                der.fill(0);
+                return pem.map_err(|e| KeyError::Other(e.to_string()));
+            }
         };
         pem.map(|s| s.to_string())
             .map_err(|e| KeyError::Other(e.to_string()))
