@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceError, SourceTree};
+use crate::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceTree};
 use crate::fat::{self, EspFile, EspSource, EspSpec, FatError};
 use crate::gpt::{self, GptError, PartitionSpec};
 use crate::grub::{self, GrubError};
@@ -50,6 +50,7 @@ use crate::seed::Seed;
 use crate::seed::purpose;
 use crate::sparse::Segment;
 use crate::spec::{self, Partition, Role, SizeRule, SpecError, UuidRule, VeritySpec};
+use crate::tree::{self, SourceError};
 
 /// Where the initramfs comes from.
 #[derive(Debug, Clone)]
@@ -618,7 +619,7 @@ pub fn build(
     };
 
     // 2. Plan the root filesystem, its hash tree and the partitions.
-    let tree = SourceTree::read(&cfg.rootfs)?;
+    let tree = tree::read(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
         &tree,
         ext4_options(

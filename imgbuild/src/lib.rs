@@ -19,3 +19,4 @@ pub mod inspect;
 pub mod seed;
 mod sparse;
 pub mod spec;
+pub mod tree;

@@ -581,9 +581,9 @@ fn run_mkfs(
     seed: Option<Uuid>,
     root_owned: bool,
 ) -> Result<()> {
-    use cocos_imgbuild::ext4::{Ext4Plan, FileSink, SourceTree};
+    use cocos_imgbuild::ext4::{Ext4Plan, FileSink};
     let seed = cocos_imgbuild::seed::Seed::new(seed.unwrap_or_default());
-    let tree = SourceTree::read(rootfs)?;
+    let tree = cocos_imgbuild::tree::read(rootfs)?;
     let size = size.map(|s| parse_size(&s)).transpose()?;
     let plan = Ext4Plan::new(
         &tree,

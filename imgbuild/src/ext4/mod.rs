@@ -7,9 +7,9 @@
 //! user). See [`writer`] for the filesystem's shape and the reasons.
 //!
 //! ```no_run
-//! use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+//! use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let tree = SourceTree::scan(std::path::Path::new("rootfs"))?;
+//! let tree = cocos_imgbuild::tree::dir::scan(std::path::Path::new("rootfs"))?;
 //! let options = Ext4Options {
 //!     uuid: uuid::Uuid::from_u128(1),
 //!     hash_seed: uuid::Uuid::from_u128(2),
@@ -32,10 +32,9 @@ pub mod dir;
 pub mod hash;
 pub mod raw;
 pub mod source;
-pub mod tar;
 pub mod writer;
 
-pub use source::{Chunk, FileContent, Node, NodeId, NodeKind, SourceError, SourceTree};
+pub use source::{Chunk, FileContent, Node, NodeId, NodeKind, SourceTree, Xattr};
 pub use writer::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, Ext4Report};
 
 /// A [`BlockSink`] writing into a file at a byte offset (a partition of a
