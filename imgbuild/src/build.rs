@@ -43,7 +43,7 @@ use uuid::Uuid;
 
 use crate::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceTree};
 use crate::fat::{self, EspFile, EspSource, EspSpec, FatError};
-use crate::gpt::{self, GptError, PartitionSpec};
+use crate::gpt::{self, GptError, GptWriteError, PartitionSpec};
 use crate::grub::{self, GrubError};
 use crate::initramfs::{Initramfs, InitramfsError, InitramfsSpec};
 use crate::seed::Seed;
@@ -144,9 +144,12 @@ pub enum BuildError {
     /// The ESP could not be written.
     #[error("writing the EFI system partition")]
     Fat(#[from] FatError),
-    /// The partition table could not be written.
+    /// The partition table could not be planned.
     #[error("writing the partition table")]
     Gpt(#[from] GptError),
+    /// The partition table could not be written.
+    #[error("writing the partition table")]
+    GptWrite(#[from] GptWriteError),
     /// The initramfs could not be generated.
     #[error("building the initramfs")]
     Initramfs(#[from] InitramfsError),
