@@ -5,6 +5,10 @@
 //! * [`gpt`]: the GUID partition table: partition type GUIDs and labels,
 //!   the GUIDs derived from the dm-verity root hash, the layout planner and
 //!   the strict reader (`cocos-imgbuild` adds the writer).
+//! * [`ext4`]: the ext4 writer (read-only images, and the `/cocos`
+//!   filesystem cocos-init writes at boot) and the tree model it consumes.
+//! * [`sparse`]: the data and holes of a file range, which the writer
+//!   reads around (and the image builder uses too).
 //!
 //! ```
 //! use cocos_formats::gpt;
@@ -14,4 +18,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ext4;
 pub mod gpt;
+pub mod sparse;

@@ -581,7 +581,7 @@ fn run_mkfs(
     seed: Option<Uuid>,
     root_owned: bool,
 ) -> Result<()> {
-    use cocos_imgbuild::ext4::{Ext4Plan, FileSink};
+    use cocos_formats::ext4::{Ext4Plan, FileSink};
     let seed = cocos_imgbuild::seed::Seed::new(seed.unwrap_or_default());
     let tree = cocos_imgbuild::tree::read(rootfs)?;
     let size = size.map(|s| parse_size(&s)).transpose()?;

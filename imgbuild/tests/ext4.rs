@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+use cocos_formats::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
 use cocos_imgbuild::tree;
 use common::{e2fsck_clean, pseudo_random, run_ok, tool};
 

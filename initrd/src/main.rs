@@ -120,7 +120,7 @@ fn boot(
         "cocos: LUKS2 {settings} on {}; ext4 of {} MiB with {} inodes on {} \
          ({} ms: format {format_ms}, open {open_ms}, ext4 and mount {})",
         parts.cocos.display(),
-        (fs.blocks * cocos_imgbuild::ext4::writer::BLOCK_SIZE) >> 20,
+        (fs.blocks * cocos_formats::ext4::writer::BLOCK_SIZE) >> 20,
         fs.inodes,
         crypt_dev.display(),
         t.elapsed().as_millis(),

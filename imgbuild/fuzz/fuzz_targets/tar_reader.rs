@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use cocos_imgbuild::ext4::{FileContent, NodeKind};
+use cocos_formats::ext4::{FileContent, NodeKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

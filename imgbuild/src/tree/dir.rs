@@ -11,8 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use cocos_formats::ext4::{FileContent, Node, NodeId, NodeKind, SourceTree, Xattr};
+
 use super::{SourceError, io_err};
-use crate::ext4::{FileContent, Node, NodeId, NodeKind, SourceTree, Xattr};
 
 /// Reads the tree under `root` without following symbolic links.
 pub fn scan(root: &Path) -> Result<SourceTree, SourceError> {

@@ -21,9 +21,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use cocos_formats::ext4::SourceTree;
 use thiserror::Error;
-
-use crate::ext4::SourceTree;
 
 /// A tree that cannot be read or cannot be represented.
 #[derive(Debug, Error)]

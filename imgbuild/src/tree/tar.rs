@@ -25,8 +25,9 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cocos_formats::ext4::{Chunk, FileContent, Node, NodeId, NodeKind, SourceTree, Xattr};
+
 use super::SourceError;
-use crate::ext4::{Chunk, FileContent, Node, NodeId, NodeKind, SourceTree, Xattr};
 
 /// One member after PAX/GNU records are applied.
 struct Member {

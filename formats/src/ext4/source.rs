@@ -1,6 +1,7 @@
 //! The tree the writer puts in a filesystem: a sorted, self-contained
 //! description of every inode (no further `stat` calls while writing).
-//! Reading one from a directory or an archive is `crate::tree`'s job.
+//! Reading one from a directory or an archive is the image builder's job
+//! (`cocos_imgbuild::tree`).
 //!
 //! Hard links are one node with several names. Children are sorted by the
 //! bytes of their names, so the on-disk order never depends on the order
