@@ -7,6 +7,8 @@
 //!   the strict reader (`cocos-imgbuild` adds the writer).
 //! * [`ext4`]: the ext4 writer (read-only images, and the `/cocos`
 //!   filesystem cocos-init writes at boot) and the tree model it consumes.
+//! * [`init_config`]: `/etc/cocos-init.toml`, written by the initramfs
+//!   builder and read by cocos-init, one type for both.
 //! * [`sparse`]: the data and holes of a file range, which the writer
 //!   reads around (and the image builder uses too).
 //!
@@ -20,4 +22,5 @@
 
 pub mod ext4;
 pub mod gpt;
+pub mod init_config;
 pub mod sparse;

@@ -353,7 +353,7 @@ fn initramfs_source(
                 device_timeout_ms: flags
                     .device_timeout_ms
                     .or(file.device_timeout_ms)
-                    .unwrap_or(initramfs::DEFAULT_DEVICE_TIMEOUT_MS),
+                    .unwrap_or(cocos_formats::init_config::DEFAULT_DEVICE_TIMEOUT_MS),
                 source_date_epoch,
             })))
         }
@@ -453,7 +453,7 @@ fn run_initramfs(args: InitramfsArgs) -> Result<()> {
         lib_dirs: args.lib_dir,
         device_timeout_ms: args
             .device_timeout_ms
-            .unwrap_or(initramfs::DEFAULT_DEVICE_TIMEOUT_MS),
+            .unwrap_or(cocos_formats::init_config::DEFAULT_DEVICE_TIMEOUT_MS),
         source_date_epoch: source_date_epoch()?,
     };
     let built = Initramfs::build(&spec)?;
