@@ -7,8 +7,7 @@
 //! bytes of their names, so the on-disk order never depends on the order
 //! the tree was read in.
 
-use std::fs::{self, File};
-use std::io;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -130,23 +129,4 @@ impl SourceTree {
         }
         Some(id)
     }
-}
-
-/// The byte ranges of `file` (of `size` bytes) that may hold data, from
-/// `SEEK_DATA`/`SEEK_HOLE`, widened to 4 KiB blocks and merged. Without
-/// support for those (or on a filesystem that reports no holes) the whole
-/// file is one range.
-pub(crate) fn data_ranges(file: &fs::File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for segment in crate::sparse::segments(file, 0, size) {
-        let crate::sparse::Segment::Data(start, end) = segment? else {
-            continue;
-        };
-        let (a, b) = (start / 4096 * 4096, end.next_multiple_of(4096));
-        match ranges.last_mut() {
-            Some(last) if last.1 >= a => last.1 = last.1.max(b),
-            _ => ranges.push((a, b)),
-        }
-    }
-    Ok(ranges)
 }
