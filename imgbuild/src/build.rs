@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
+use cocos_formats::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceTree};
+use cocos_formats::sparse::{self, Segment};
 use cocos_measure::verity::{
     HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt, TreeGeometry, TreeParams,
     VerityParams,
@@ -41,15 +43,14 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceError, SourceTree};
 use crate::fat::{self, EspFile, EspSource, EspSpec, FatError};
-use crate::gpt::{self, GptError, PartitionSpec};
+use crate::gpt::{self, GptError, GptWriteError, PartitionSpec};
 use crate::grub::{self, GrubError};
 use crate::initramfs::{Initramfs, InitramfsError, InitramfsSpec};
 use crate::seed::Seed;
 use crate::seed::purpose;
-use crate::sparse::Segment;
 use crate::spec::{self, Partition, Role, SizeRule, SpecError, UuidRule, VeritySpec};
+use crate::tree::{self, SourceError};
 
 /// Where the initramfs comes from.
 #[derive(Debug, Clone)]
@@ -143,9 +144,12 @@ pub enum BuildError {
     /// The ESP could not be written.
     #[error("writing the EFI system partition")]
     Fat(#[from] FatError),
-    /// The partition table could not be written.
+    /// The partition table could not be planned.
     #[error("writing the partition table")]
     Gpt(#[from] GptError),
+    /// The partition table could not be written.
+    #[error("writing the partition table")]
+    GptWrite(#[from] GptWriteError),
     /// The initramfs could not be generated.
     #[error("building the initramfs")]
     Initramfs(#[from] InitramfsError),
@@ -618,7 +622,7 @@ pub fn build(
     };
 
     // 2. Plan the root filesystem, its hash tree and the partitions.
-    let tree = SourceTree::read(&cfg.rootfs)?;
+    let tree = tree::read(&cfg.rootfs)?;
     let ext4 = Ext4Plan::new(
         &tree,
         ext4_options(
@@ -988,7 +992,7 @@ fn hash_range(
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 4 << 20];
     let zeros = vec![0u8; 1 << 20];
-    for segment in crate::sparse::segments(file, offset, offset + len) {
+    for segment in sparse::segments(file, offset, offset + len) {
         match segment.map_err(io_err(Path::new(name), "read back"))? {
             // Holes (the ESP's free space, the root's free blocks) are
             // zeros: hash them from memory instead of reading them back.

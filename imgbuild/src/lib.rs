@@ -10,12 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
-pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod grub;
 pub mod initramfs;
 pub mod inspect;
 pub mod seed;
-mod sparse;
 pub mod spec;
+pub mod tree;

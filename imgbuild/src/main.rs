@@ -353,7 +353,7 @@ fn initramfs_source(
                 device_timeout_ms: flags
                     .device_timeout_ms
                     .or(file.device_timeout_ms)
-                    .unwrap_or(initramfs::DEFAULT_DEVICE_TIMEOUT_MS),
+                    .unwrap_or(cocos_formats::init_config::DEFAULT_DEVICE_TIMEOUT_MS),
                 source_date_epoch,
             })))
         }
@@ -453,7 +453,7 @@ fn run_initramfs(args: InitramfsArgs) -> Result<()> {
         lib_dirs: args.lib_dir,
         device_timeout_ms: args
             .device_timeout_ms
-            .unwrap_or(initramfs::DEFAULT_DEVICE_TIMEOUT_MS),
+            .unwrap_or(cocos_formats::init_config::DEFAULT_DEVICE_TIMEOUT_MS),
         source_date_epoch: source_date_epoch()?,
     };
     let built = Initramfs::build(&spec)?;
@@ -581,9 +581,9 @@ fn run_mkfs(
     seed: Option<Uuid>,
     root_owned: bool,
 ) -> Result<()> {
-    use cocos_imgbuild::ext4::{Ext4Plan, FileSink, SourceTree};
+    use cocos_formats::ext4::{Ext4Plan, FileSink};
     let seed = cocos_imgbuild::seed::Seed::new(seed.unwrap_or_default());
-    let tree = SourceTree::read(rootfs)?;
+    let tree = cocos_imgbuild::tree::read(rootfs)?;
     let size = size.map(|s| parse_size(&s)).transpose()?;
     let plan = Ext4Plan::new(
         &tree,

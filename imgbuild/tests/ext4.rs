@@ -17,7 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use cocos_imgbuild::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+use cocos_formats::ext4::{Ext4Options, Ext4Plan, FileSink, SourceTree};
+use cocos_imgbuild::tree;
 use common::{e2fsck_clean, pseudo_random, run_ok, tool};
 
 const EPOCH: i64 = 1_700_000_000;
@@ -44,7 +45,7 @@ fn options(root_owned: bool) -> Ext4Options {
 
 /// Writes `tree_dir` to `image` and returns the plan's size.
 fn build(tree_dir: &Path, image: &Path, opts: Ext4Options) -> u64 {
-    let tree = SourceTree::scan(tree_dir).unwrap();
+    let tree = tree::dir::scan(tree_dir).unwrap();
     let plan = Ext4Plan::new(&tree, opts).unwrap();
     let file = fs::File::create(image).unwrap();
     file.set_len(plan.size()).unwrap();
@@ -441,7 +442,7 @@ fn a_tar_of_the_tree_gives_the_same_bytes() {
     let want = fs::read(&from_dir).unwrap();
     for archive in [&plain, &gz] {
         let image = work.path().join("tar.ext4");
-        let source = SourceTree::read(archive).unwrap();
+        let source = tree::read(archive).unwrap();
         build_tree(&source, &image, options(false));
         e2fsck_clean(&image);
         let got = fs::read(&image).unwrap();
@@ -463,7 +464,7 @@ fn bad_archives_are_refused_with_the_member_named() {
     let work = tempfile::tempdir().unwrap();
     let junk = work.path().join("junk.tar");
     fs::write(&junk, vec![0x5a; 4096]).unwrap();
-    let err = chain(&SourceTree::read(&junk).unwrap_err());
+    let err = chain(&tree::read(&junk).unwrap_err());
     assert!(
         err.contains("junk.tar: not a directory nor a tar archive"),
         "{err}"
@@ -502,13 +503,13 @@ fn bad_archives_are_refused_with_the_member_named() {
             let mut bytes = fs::read(&path).unwrap();
             rewrite_name(&mut bytes, name);
             fs::write(&path, bytes).unwrap();
-            let err = chain(&SourceTree::read(&path).unwrap_err());
+            let err = chain(&tree::read(&path).unwrap_err());
             assert!(err.contains(file) && err.contains(want), "{file}: {err}");
             continue;
         }
         builder.finish().unwrap();
         drop(builder);
-        let err = chain(&SourceTree::read(&path).unwrap_err());
+        let err = chain(&tree::read(&path).unwrap_err());
         assert!(err.contains(file) && err.contains(want), "{file}: {err}");
     }
 }
@@ -584,7 +585,7 @@ fn every_sparse_format_gives_the_same_bytes() {
     for (i, format) in formats.iter().enumerate() {
         let archive = work.path().join(format!("{i}.tar"));
         gnu_tar(&tree, &archive, format);
-        let source = SourceTree::read(&archive).unwrap();
+        let source = tree::read(&archive).unwrap();
         let image = work.path().join(format!("{i}.ext4"));
         build_tree(&source, &image, options(true));
         e2fsck_clean(&image);

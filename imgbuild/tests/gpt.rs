@@ -13,9 +13,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::Output;
 
 use cocos_imgbuild::gpt::{
-    self, DiskLayout, ESP_TYPE, GptError, HeaderKind, LINUX_DATA_TYPE, PartitionSpec,
-    ROOT_X86_64_TYPE, ROOT_X86_64_VERITY_TYPE, plan_layout, read_gpt, verity_partition_uuids,
-    write_gpt,
+    self, DiskLayout, ESP_TYPE, GptError, GptWriteError, HeaderKind, LINUX_DATA_TYPE,
+    PartitionSpec, ROOT_X86_64_TYPE, ROOT_X86_64_VERITY_TYPE, plan_layout, read_gpt,
+    verity_partition_uuids, write_gpt,
 };
 use cocos_imgbuild::seed::Seed;
 use common::{pseudo_random, run_ok, tool};
@@ -745,7 +745,7 @@ fn write_refuses_bad_input_and_keeps_attributes() {
     long.as_file().set_len(layout.disk_size + 512).unwrap();
     assert!(matches!(
         write_gpt(long.as_file(), &layout),
-        Err(GptError::FileLongerThanDisk { .. })
+        Err(GptWriteError::FileLongerThanDisk { .. })
     ));
 
     let mut bad = layout.clone();
@@ -753,13 +753,13 @@ fn write_refuses_bad_input_and_keeps_attributes() {
     let tmp = tempfile::NamedTempFile::new().unwrap();
     assert!(matches!(
         write_gpt(tmp.as_file(), &bad),
-        Err(GptError::InvalidLayout(_))
+        Err(GptWriteError::Table(GptError::InvalidLayout(_)))
     ));
     let mut gap = layout.clone();
     gap.partitions[1].number = 3;
     assert!(matches!(
         write_gpt(tmp.as_file(), &gap),
-        Err(GptError::InvalidLayout(_))
+        Err(GptWriteError::Table(GptError::InvalidLayout(_)))
     ));
 
     let mut attrs = layout.clone();

@@ -1,16 +1,17 @@
-//! The ext4 filesystem of `/cocos`, written by cocos-imgbuild's writer.
+//! The ext4 filesystem of `/cocos`, written by the image builder's ext4 writer
+//! (`cocos_formats::ext4`).
 //!
 //! With LUKS2 authenticated encryption, dm-integrity keeps a tag per
 //! sector, and a sector that was never written has no valid tag: reading it
 //! fails with an I/O error (and a kernel log line). cryptsetup avoids that
 //! by wiping the whole device at format time (45 s per GiB under
 //! emulation). We skip the wipe and instead write the filesystem with our
-//! own writer (`cocos_imgbuild::ext4`), which writes every block the kernel
+//! own writer (`cocos_formats::ext4`), which writes every block the kernel
 //! will read back, in whole 4 KiB blocks: block 0 and every superblock
 //! copy, the group descriptors, every bitmap, the inode table blocks the
 //! kernel reads (lazy tables: those holding inodes in use and the one its
 //! inode readahead reads after them, with the readahead switched off for
-//! every mount; see `cocos_imgbuild::ext4::writer::lazy_itable_blocks`),
+//! every mount; see `cocos_formats::ext4::writer::lazy_itable_blocks`),
 //! and the directories. Free blocks are never read before the kernel
 //! writes them, so the filesystem mounts and fills without a single tag
 //! failure, and the time to write it depends on the metadata, not on the
@@ -26,7 +27,7 @@ use std::io::{self, Seek};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use cocos_imgbuild::ext4::{
+use cocos_formats::ext4::{
     BlockSink, Ext4Error, Ext4Options, Ext4Plan, Ext4Report, Node, NodeKind, SourceTree,
 };
 use thiserror::Error;
@@ -43,7 +44,7 @@ pub const BYTES_PER_INODE: u64 = 64 * 1024;
 /// large partition must not make either unbounded.
 pub const MAX_INODES: u64 = 1 << 18;
 /// The filesystem block size and the unit of every write.
-pub const BLOCK: usize = cocos_imgbuild::ext4::writer::BLOCK_SIZE as usize;
+pub const BLOCK: usize = cocos_formats::ext4::writer::BLOCK_SIZE as usize;
 
 /// Why the filesystem could not be written.
 #[derive(Debug, Error)]

@@ -1,56 +1,17 @@
 //! `/etc/cocos-init.toml`: what the initramfs builder tells the init.
 //!
-//! Written by `cocos-imgbuild initramfs`:
-//!
-//! ```toml
-//! # Written by cocos-imgbuild initramfs.
-//! modules = [
-//!   "/lib/modules/6.1.0-56-amd64/kernel/drivers/virtio/virtio.ko",
-//! ]
-//! device_timeout_ms = 10000
-//! ```
-//!
-//! `modules` are loaded in the order given (the builder resolved the
-//! dependencies from `modules.dep`); `device_timeout_ms` bounds the wait
-//! for the partitions. A missing file means no modules and the default
-//! timeout. Unknown keys are errors: the builder and the init come from the
-//! same workspace, and a misspelt key silently ignored would be a boot that
-//! does not do what its image says.
+//! The file's type, [`InitConfig`], and its format are
+//! `cocos_formats::init_config`'s, shared with the builder that writes it.
+//! This module reads it: a missing file means no modules and the default
+//! timeout; a file that cannot be read, is not valid TOML, has unknown keys
+//! or names a module by a relative path is an error naming the file.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use thiserror::Error;
 
-/// Where the builder puts the file in the initramfs, and the default of
-/// [`InitConfig::device_timeout_ms`]: the builder's own values.
-pub use cocos_imgbuild::initramfs::{CONFIG_PATH, DEFAULT_DEVICE_TIMEOUT_MS};
-
-/// The init's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InitConfig {
-    /// Kernel modules to load, in this order (absolute paths).
-    #[serde(default)]
-    pub modules: Vec<PathBuf>,
-    /// How long to wait for the partitions, in milliseconds.
-    #[serde(default = "default_timeout")]
-    pub device_timeout_ms: u64,
-}
-
-fn default_timeout() -> u64 {
-    DEFAULT_DEVICE_TIMEOUT_MS
-}
-
-impl Default for InitConfig {
-    fn default() -> Self {
-        InitConfig {
-            modules: Vec::new(),
-            device_timeout_ms: DEFAULT_DEVICE_TIMEOUT_MS,
-        }
-    }
-}
+pub use cocos_formats::init_config::{CONFIG_PATH, DEFAULT_DEVICE_TIMEOUT_MS, InitConfig};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, Error)]
@@ -81,34 +42,32 @@ pub enum ConfigError {
     },
 }
 
-impl InitConfig {
-    /// Parses the file's text; `path` is only used in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: InitConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+/// Parses the file's text; `path` is only used in errors.
+pub fn parse(text: &str, path: &Path) -> Result<InitConfig, ConfigError> {
+    let config = InitConfig::from_toml(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        // toml's messages span several lines (a source excerpt); the
+        // FATAL line is one line.
+        message: e.message().trim().replace('\n', " "),
+    })?;
+    if let Some(m) = config.modules.iter().find(|m| !m.is_absolute()) {
+        return Err(ConfigError::RelativeModule {
             path: path.to_path_buf(),
-            // toml's messages span several lines (a source excerpt); the
-            // FATAL line is one line.
-            message: e.message().trim().replace('\n', " "),
-        })?;
-        if let Some(m) = config.modules.iter().find(|m| !m.is_absolute()) {
-            return Err(ConfigError::RelativeModule {
-                path: path.to_path_buf(),
-                module: m.clone(),
-            });
-        }
-        Ok(config)
+            module: m.clone(),
+        });
     }
+    Ok(config)
+}
 
-    /// Reads `path`; a missing file gives the defaults.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
+/// Reads `path`; a missing file gives the defaults.
+pub fn load(path: &Path) -> Result<InitConfig, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(InitConfig::default()),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -117,7 +76,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<InitConfig, ConfigError> {
-        InitConfig::parse(text, Path::new(CONFIG_PATH))
+        super::parse(text, Path::new(CONFIG_PATH))
     }
 
     #[test]
@@ -132,6 +91,30 @@ mod tests {
             )]
         );
         assert_eq!(c.device_timeout_ms, 10_000);
+    }
+
+    /// What the builder writes (`InitConfig::to_toml`, which `cocos-imgbuild
+    /// initramfs` calls for the file) reads back here as the same
+    /// configuration, whatever the module paths hold.
+    #[test]
+    fn what_the_builder_writes_reads_back() {
+        let modules = [
+            "/lib/modules/6.1/kernel/drivers/virtio/virtio.ko",
+            "/lib/modules/6.1/kernel/we\"ird.ko",
+            "/lib/modules/6.1/kernel/back\\slash.ko",
+            "/lib/modules/6.1/kernel/both'\"quotes\\.ko",
+            "/lib/modules/6.1/kernel/'''triple\"\"\".ko",
+            "/lib/modules/6.1/kernel/naïve-模块-🦀.ko",
+            "/lib/modules/6.1/kernel/tab\there\nnewline\u{7f}.ko",
+        ];
+        for modules in [&modules[..], &modules[..1], &[]] {
+            let written = InitConfig {
+                modules: modules.iter().map(PathBuf::from).collect(),
+                device_timeout_ms: 2500,
+            };
+            let text = written.to_toml().unwrap();
+            assert_eq!(parse(&text).unwrap(), written, "{text}");
+        }
     }
 
     #[test]
@@ -159,7 +142,7 @@ mod tests {
     #[test]
     fn a_missing_file_gives_the_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let c = InitConfig::load(&dir.path().join("cocos-init.toml")).unwrap();
+        let c = load(&dir.path().join("cocos-init.toml")).unwrap();
         assert_eq!(c, InitConfig::default());
         assert_eq!(c.device_timeout_ms, 10_000);
     }

@@ -2,7 +2,7 @@
 //!
 //! cocos-imgbuild gives the root and root-verity partitions the unique
 //! GUIDs derived from the root hash (first and last 128 bits, as
-//! systemd-repart does: `cocos_imgbuild::gpt::verity_partition_uuids`), and
+//! systemd-repart does: `cocos_formats::gpt::verity_partition_uuids`), and
 //! names the writable partition `cocos`. So the init reads the GPT of every
 //! whole disk in `/sys/class/block`, takes the disk whose table has both
 //! derived GUIDs, and the partition named `cocos` on that same disk. The
@@ -24,7 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cocos_imgbuild::gpt::{self, DiskLayout};
+use cocos_formats::gpt::{self, DiskLayout};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -418,10 +418,11 @@ impl BlockDevices for SysfsBlockDevices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocos_imgbuild::gpt::{PartitionSpec, plan_layout, write_gpt};
+    use cocos_formats::gpt::{PartitionSpec, plan_layout};
+    use cocos_imgbuild::gpt::write_gpt;
     use std::fs;
 
-    /// The systemd-repart 252 run recorded in cocos_imgbuild::gpt: this
+    /// The systemd-repart 252 run recorded in cocos_formats::gpt: this
     /// root hash gave these two partition UUIDs.
     const ROOT_HASH: &str = "1f4f7b353629fa1c793b02c8250121a77e607bb28edf8f192849986d70db97ea";
     const REPART_ROOT: Uuid = uuid::uuid!("1f4f7b35-3629-fa1c-793b-02c8250121a7");

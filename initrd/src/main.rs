@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cocos_init::config::{CONFIG_PATH, InitConfig};
+use cocos_init::config::{self, CONFIG_PATH};
 use cocos_init::discover::{self, Method, SysfsBlockDevices};
 use cocos_init::luks::{self, COCOS_MAPPING, EphemeralKeys, LuksSettings};
 use cocos_init::mounts::{self, FstabOutcome, NEW_ROOT, RUNTIME_FSTAB};
@@ -38,7 +38,7 @@ fn boot(
     console.line(&progress_line(1));
     dev.at(Step::Mounts)?;
     mounts::early_mounts().at(Step::Mounts)?;
-    let config = InitConfig::load(Path::new(CONFIG_PATH)).at(Step::Config)?;
+    let config = config::load(Path::new(CONFIG_PATH)).at(Step::Config)?;
     let t = Instant::now();
     let loaded = modules::load_modules(&config.modules).at(Step::Modules)?;
     console.info(&format!(
@@ -120,7 +120,7 @@ fn boot(
         "cocos: LUKS2 {settings} on {}; ext4 of {} MiB with {} inodes on {} \
          ({} ms: format {format_ms}, open {open_ms}, ext4 and mount {})",
         parts.cocos.display(),
-        (fs.blocks * cocos_imgbuild::ext4::writer::BLOCK_SIZE) >> 20,
+        (fs.blocks * cocos_formats::ext4::writer::BLOCK_SIZE) >> 20,
         fs.inodes,
         crypt_dev.display(),
         t.elapsed().as_millis(),

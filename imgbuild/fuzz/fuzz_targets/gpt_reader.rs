@@ -7,7 +7,7 @@
 //! rejected by them.
 #![no_main]
 
-use cocos_imgbuild::gpt::read_gpt_bytes;
+use cocos_formats::gpt::read_gpt_bytes;
 use libfuzzer_sys::fuzz_target;
 
 const SECTOR: usize = 512;

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use cocos_imgbuild::ext4::{FileContent, NodeKind, SourceTree};
+use cocos_formats::ext4::{FileContent, NodeKind};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     if file.write_all(data).is_err() {
         return;
     }
-    let Ok(tree) = SourceTree::read(file.path()) else {
+    let Ok(tree) = cocos_imgbuild::tree::read(file.path()) else {
         return;
     };
     for node in &tree.nodes {

@@ -225,8 +225,8 @@ fn copy_file<T: fatfs::ReadWriteSeek>(
 fn clear_range(file: &File, start: u64, end: u64) -> io::Result<()> {
     // Holes read as zeros: only the data needs looking at (none in a
     // freshly created image).
-    for segment in crate::sparse::segments(file, start, end) {
-        if let crate::sparse::Segment::Data(a, b) = segment? {
+    for segment in cocos_formats::sparse::segments(file, start, end) {
+        if let cocos_formats::sparse::Segment::Data(a, b) = segment? {
             clear_data(file, a, b)?;
         }
     }

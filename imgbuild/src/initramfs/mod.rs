@@ -14,7 +14,7 @@
 //!   transitively, where the dynamic loader looks for them;
 //! * extra files (`--file SRC:DEST[:MODE]`);
 //! * `/etc/cocos-init.toml`: the modules in load order and the device
-//!   timeout, for cocos-init.
+//!   timeout, for cocos-init (`cocos_formats::init_config::InitConfig`).
 //!
 //! Reproducible: entries sorted by path, owner 0:0, every timestamp
 //! SOURCE_DATE_EPOCH, inode numbers in archive order, and a gzip header
@@ -45,6 +45,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use cocos_formats::init_config::{
+    CONFIG_PATH, DEFAULT_DEVICE_TIMEOUT_MS, InitConfig, InitConfigError,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -53,12 +56,6 @@ use cpio::{Archive, CpioError, Entry, EntryKind, Member};
 pub use gzip::gzip;
 use libs::{LibraryError, LibraryResolver, Program};
 use modules::{ModuleError, ModuleTree};
-
-/// Path of the configuration file cocos-init reads.
-pub const CONFIG_PATH: &str = "/etc/cocos-init.toml";
-
-/// Default time cocos-init waits for the disk partitions.
-pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10_000;
 
 /// Directories every initramfs has, with their permissions (those of
 /// Debian's base-files: `/tmp` sticky and world-writable, `/root` private,
@@ -205,6 +202,9 @@ pub enum InitramfsError {
         /// What is wrong.
         source: elf::ElfError,
     },
+    /// `/etc/cocos-init.toml` cannot be written.
+    #[error(transparent)]
+    Config(#[from] InitConfigError),
     /// An entry the archive cannot hold (conflicting paths, bad names).
     #[error("{what}: {source}")]
     Archive {
@@ -321,44 +321,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>, InitramfsError> {
         });
     }
     std::fs::read(path).map_err(io_err(path, "read"))
-}
-
-/// Quotes a string as a TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The text of `/etc/cocos-init.toml` (the format cocos-init parses).
-pub fn init_config(module_paths: &[String], device_timeout_ms: u64) -> String {
-    let mut s = String::from(
-        "# Written by cocos-imgbuild initramfs.\n\
-         # Kernel modules to load with finit_module, in this order (paths in the initramfs).\n",
-    );
-    if module_paths.is_empty() {
-        s.push_str("modules = []\n");
-    } else {
-        s.push_str("modules = [\n");
-        for p in module_paths {
-            s.push_str("  ");
-            s.push_str(&toml_string(p));
-            s.push_str(",\n");
-        }
-        s.push_str("]\n");
-    }
-    s.push_str("# How long to wait for the disk partitions to appear.\n");
-    s.push_str(&format!("device_timeout_ms = {device_timeout_ms}\n"));
-    s
 }
 
 impl Initramfs {
@@ -507,13 +469,15 @@ impl Initramfs {
             }
         }
 
+        let config = InitConfig {
+            modules: module_paths.into_iter().map(PathBuf::from).collect(),
+            device_timeout_ms: spec.device_timeout_ms,
+        };
         put(
             &mut archive,
             CONFIG_PATH,
             Entry {
-                kind: EntryKind::File(
-                    init_config(&module_paths, spec.device_timeout_ms).into_bytes(),
-                ),
+                kind: EntryKind::File(config.to_toml()?.into_bytes()),
                 permissions: 0o644,
             },
             &|| CONFIG_PATH.to_owned(),
@@ -657,24 +621,5 @@ mod tests {
         for bad in ["a:b", ":/x", "a:/x:9", "a:/x:", "a:/x:17777", "noseparator"] {
             assert!(bad.parse::<ExtraFile>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn config_file_format() {
-        assert_eq!(
-            init_config(
-                &[
-                    "/lib/modules/6.1/kernel/a.ko".into(),
-                    "/lib/modules/6.1/b\".ko".into()
-                ],
-                2500
-            ),
-            "# Written by cocos-imgbuild initramfs.\n\
-             # Kernel modules to load with finit_module, in this order (paths in the initramfs).\n\
-             modules = [\n  \"/lib/modules/6.1/kernel/a.ko\",\n  \"/lib/modules/6.1/b\\\".ko\",\n]\n\
-             # How long to wait for the disk partitions to appear.\n\
-             device_timeout_ms = 2500\n"
-        );
-        assert!(init_config(&[], 1).contains("modules = []\n"));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cocos_init::{cmdline, config::InitConfig, fstab};
+use cocos_init::{cmdline, config, fstab};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = cmdline::parse(text);
     let _ = cmdline::debug_requested(text);
-    let _ = InitConfig::parse(text, Path::new("/etc/cocos-init.toml"));
+    let _ = config::parse(text, Path::new("/etc/cocos-init.toml"));
     let once = fstab::rewrite_fstab(text);
     assert_eq!(fstab::rewrite_fstab(&once), once, "rewriting is not idempotent");
 });

@@ -10,7 +10,7 @@ use rustix::io::Errno;
 
 /// A piece of a range: `[start, end)`, data or hole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Segment {
+pub enum Segment {
     /// Bytes the filesystem stores (they may still be zeros).
     Data(u64, u64),
     /// Bytes that read as zeros without being stored.
@@ -21,7 +21,7 @@ pub(crate) enum Segment {
 /// exactly. Past the end of the file, and everywhere in a file without
 /// data, is hole. Where the filesystem cannot tell (no `SEEK_DATA`), the
 /// rest of the range is one data segment.
-pub(crate) fn segments(file: &File, start: u64, end: u64) -> Segments<'_> {
+pub fn segments(file: &File, start: u64, end: u64) -> Segments<'_> {
     Segments {
         file,
         at: start,
@@ -31,7 +31,7 @@ pub(crate) fn segments(file: &File, start: u64, end: u64) -> Segments<'_> {
 
 /// See [`segments`].
 #[derive(Debug)]
-pub(crate) struct Segments<'a> {
+pub struct Segments<'a> {
     file: &'a File,
     at: u64,
     end: u64,

@@ -25,7 +25,9 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::source::{Chunk, FileContent, Node, NodeId, NodeKind, SourceError, SourceTree, Xattr};
+use cocos_formats::ext4::{Chunk, FileContent, Node, NodeId, NodeKind, SourceTree, Xattr};
+
+use super::SourceError;
 
 /// One member after PAX/GNU records are applied.
 struct Member {
