@@ -35,8 +35,8 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use cocos_formats::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceTree};
 use cocos_formats::sparse::{self, Segment};
 use cocos_measure::verity::{
-    HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt, TreeGeometry, TreeParams,
-    VerityParams,
+    GeometryError, HashAreaLayout, HashTree, HashTreeBuilder, ParamError, RootHash, Salt,
+    TreeError, TreeGeometry, TreeParams, VerityParams,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -132,9 +132,18 @@ pub enum BuildError {
     /// The root filesystem could not be built.
     #[error("building the root filesystem")]
     Ext4(#[from] Ext4Error),
+    /// The verity parameters (the salt) are not valid.
+    #[error("dm-verity parameters")]
+    VerityParams(#[from] ParamError),
+    /// The hash area does not fit its partition or its block size.
+    #[error("laying out the dm-verity hash area")]
+    VerityGeometry(#[from] GeometryError),
     /// The verity tree could not be built.
-    #[error("building the dm-verity tree: {0}")]
-    Verity(String),
+    #[error("building the dm-verity tree")]
+    VerityTree(#[from] TreeError),
+    /// manifest.json could not be serialised.
+    #[error("writing manifest.json")]
+    Manifest(#[source] serde_json::Error),
     /// A worker thread of the build failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -368,15 +377,20 @@ fn write_and_hash(
         let written = ext4
             .write(tree, &mut sink, progress)
             .map_err(BuildError::from);
-        let sent = sink.send().map_err(|e| BuildError::Verity(e.to_string()));
+        let sent = sink
+            .send()
+            .map_err(|_| BuildError::Internal("the dm-verity hasher stopped"));
         drop(sink);
         let hashed = match hasher.join() {
-            Ok(result) => result.map_err(|e| BuildError::Verity(e.to_string())),
+            Ok(result) => result.map_err(BuildError::from),
             Err(_) => Err(BuildError::Internal("the dm-verity hasher panicked")),
         };
+        // The writer's error first, then the hasher's (its cause when the
+        // last run could not be sent), then the send.
         written?;
+        let tree = hashed?;
         sent?;
-        hashed
+        Ok(tree)
     })
 }
 
@@ -489,8 +503,7 @@ pub fn build(
         algorithm: cfg.verity.algorithm,
         data_block_size,
         hash_block_size,
-        salt: Salt::new(seed.bytes_for(&cfg.verity.salt_seed, 32))
-            .map_err(|e| BuildError::Verity(e.to_string()))?,
+        salt: Salt::new(seed.bytes_for(&cfg.verity.salt_seed, 32)).map_err(BuildError::from)?,
     };
     let disk_guid = seed.uuid_for(purpose::GPT_DISK);
     // A partition's unique GUID, once the root hash's halves are known.
@@ -633,11 +646,11 @@ pub fn build(
         ),
     )?;
     let verity_uuid = seed.uuid_for(&cfg.verity.uuid_seed);
-    let verity_geometry = TreeGeometry::new(&verity_params, ext4.blocks())
-        .map_err(|e| BuildError::Verity(e.to_string()))?;
+    let verity_geometry =
+        TreeGeometry::new(&verity_params, ext4.blocks()).map_err(BuildError::from)?;
     let verity_area = HashAreaLayout::new(0, true, verity_params.hash_block_size)
         .and_then(|l| l.end(&verity_geometry))
-        .map_err(|e| BuildError::Verity(e.to_string()))?;
+        .map_err(BuildError::from)?;
     let specs = |halves: (Uuid, Uuid)| -> Result<Vec<PartitionSpec>, BuildError> {
         partitions
             .iter()
@@ -672,7 +685,9 @@ pub fn build(
         layout
             .partition(name)
             .map(|p| (p.offset, p.size))
-            .ok_or_else(|| BuildError::Verity(format!("no {name} partition planned")))
+            .ok_or(BuildError::Internal(
+                "a partition of the table was not planned",
+            ))
     };
     if part(&esp_def.label)? != (esp_offset, esp_size) {
         return Err(BuildError::Internal("the ESP moved"));
@@ -698,7 +713,7 @@ pub fn build(
         FileSink::new(&disk, root_offset),
         FileSink::new(&rootfs, 0),
         HashTreeBuilder::for_blocks(verity_params.clone(), ext4.blocks())
-            .map_err(|e| BuildError::Verity(e.to_string()))?,
+            .map_err(BuildError::from)?,
         progress,
     )?;
     workers.0.set_paused(false);
@@ -722,8 +737,7 @@ pub fn build(
     let verity_path = cfg.out_dir.join(artifact::VERITY);
     let mut disk_w = &disk;
     let area = |offset| {
-        HashAreaLayout::new(offset, true, verity_params.hash_block_size)
-            .map_err(|e| BuildError::Verity(e.to_string()))
+        HashAreaLayout::new(offset, true, verity_params.hash_block_size).map_err(BuildError::from)
     };
     tree_hash
         .write_hash_area(&mut disk_w, &area(verity_offset)?, Some(verity_uuid))
@@ -943,8 +957,7 @@ pub fn build(
             }),
     };
     let manifest_file = staging.create(artifact::MANIFEST)?;
-    let json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Verity(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Manifest)?;
     std::io::Write::write_all(&mut &manifest_file, &json)
         .map_err(io_err(&cfg.out_dir.join(artifact::MANIFEST), "write"))?;
     // Renamed into place only when complete; not fsynced (like the tools it
