@@ -3,7 +3,12 @@
 //! scripts/setup-host.sh) or `PROTOC` pointing at one.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/agent/agent.proto", "proto/cvms/cvms.proto"];
+    let protos = [
+        "proto/agent/agent.proto",
+        "proto/cvms/cvms.proto",
+        "proto/runner/runner.proto",
+        "proto/log/log.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

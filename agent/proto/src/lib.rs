@@ -1,7 +1,8 @@
 //! The wire schema of the agent's two external gRPC interfaces, as generated
 //! Rust: [`agent`] (`agent.AgentService`: cocos-cli → ingress → agent) and
 //! [`cvms`] (`cvms.Service/Process`: the agent's stream to the computation
-//! management service).
+//! management service), and the two VM-internal interfaces [`runner`] and
+//! [`log`].
 //!
 //! The `.proto` files under `proto/` keep the names, types and field numbers
 //! of the existing Go agent (agent-api.md §11), so that its CLI and its
@@ -40,6 +41,19 @@ pub mod agent {
 #[allow(clippy::large_enum_variant)]
 pub mod cvms {
     tonic::include_proto!("cvms");
+}
+
+/// `runner.ComputationRunner` (agent → computation runner, on
+/// `/run/cocos/runner.sock`; internal to the VM).
+pub mod runner {
+    tonic::include_proto!("runner");
+}
+
+/// `log.LogCollector` (every service → log forwarder, on
+/// `/run/cocos/log.sock`; internal to the VM). Its messages are
+/// [`cvms::AgentLog`] and [`cvms::AgentEvent`], relayed as they are.
+pub mod log {
+    tonic::include_proto!("log");
 }
 
 /// Paths of the `.proto` files, for tests that generate a second
