@@ -8,11 +8,14 @@
 #
 # Environment: ENV_PATH, CERT_PATH (shared directories; default: empty
 # temporary ones), MEMORY (default 1G), SMP (default 2), TIMEOUT (seconds,
-# default none: kill QEMU after that long), OVMF_CODE, OVMF_VARS.
+# default none: kill QEMU after that long), OVMF_CODE, OVMF_VARS,
+# HOSTFWD (a host port: adds a NIC on QEMU's user network and forwards
+# 127.0.0.1:HOSTFWD to the guest's ingress on 7002; the guest reaches the
+# host's 127.0.0.1 at 10.0.2.2, e.g. a `cocos-cli cvms serve`).
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 disk="$1"; shift
@@ -30,6 +33,12 @@ cp "$vars_template" "$tmp/OVMF_VARS.fd"
 env_path="${ENV_PATH:-$tmp/env}"
 cert_path="${CERT_PATH:-$tmp/certs}"
 mkdir -p "$env_path" "$cert_path"
+
+net=()
+if [ -n "${HOSTFWD:-}" ]; then
+  net=(-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:${HOSTFWD}-:7002"
+       -device virtio-net-pci,netdev=net0,romfile=)
+fi
 
 timeout_cmd=()
 [ -n "${TIMEOUT:-}" ] && timeout_cmd=(timeout --foreground -k 5 "$TIMEOUT")
@@ -53,4 +62,5 @@ exec "${timeout_cmd[@]}" qemu-system-x86_64 \
   -nodefaults \
   -serial stdio \
   -no-reboot \
+  "${net[@]}" \
   "$@"
