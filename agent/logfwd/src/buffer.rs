@@ -464,29 +464,44 @@ impl DiskBuffer {
     }
 
     /// The stored messages with sequence numbers above `after`, oldest
-    /// first, about `max_bytes` of them (at least one when there is one).
+    /// first: about `max_bytes` of them (whole records; at least one when
+    /// there is one).
     pub fn read_after(&mut self, after: u64, max_bytes: usize) -> Result<Vec<Record>, BufferError> {
-        loop {
+        let mut out = Vec::new();
+        let mut after = after;
+        let mut used = 0;
+        while out.is_empty() || used < max_bytes {
             let Some(i) = self.segments.iter().position(|s| s.last_seq > after) else {
-                return Ok(Vec::new());
+                break;
             };
-            let out = self.read_segment(i, after, max_bytes)?;
-            if !out.is_empty() {
-                return Ok(out);
+            let budget = if out.is_empty() {
+                max_bytes
+            } else {
+                max_bytes - used
+            };
+            let (records, bytes) = self.read_segment(i, after, budget)?;
+            if let Some(last) = records.last() {
+                after = last.seq;
             }
-            // The segment turned out damaged and was cut short: try the next.
+            // A segment found damaged is cut short, and the next
+            // `position` moves past it.
+            out.extend(records);
+            used = used.saturating_add(bytes);
         }
+        Ok(out)
     }
 
+    /// Reads from segment `i` the records above `after`, about `max_bytes`
+    /// of them (at least one if there is one), with their size.
     fn read_segment(
         &mut self,
         i: usize,
         after: u64,
         max_bytes: usize,
-    ) -> Result<Vec<Record>, BufferError> {
+    ) -> Result<(Vec<Record>, usize), BufferError> {
         let is_last = i + 1 == self.segments.len();
         let Some(seg) = self.segments.get_mut(i) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
         let (mut offset, mut seen) = match self.hint {
             Some(h)
@@ -500,13 +515,13 @@ impl DiskBuffer {
         let mut out = Vec::new();
         let mut out_bytes = 0;
         let mut want = READ_CHUNK;
-        'chunks: while offset < seg.len && out_bytes < max_bytes {
+        'chunks: while offset < seg.len && (out.is_empty() || out_bytes < max_bytes) {
             let n = want.min(seg.len - offset);
             let mut chunk = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
             file.read_exact_at(&mut chunk, offset)
                 .map_err(BufferError::io("read", &seg.path))?;
             let mut pos = 0;
-            while pos < chunk.len() && out_bytes < max_bytes {
+            while pos < chunk.len() && (out.is_empty() || out_bytes < max_bytes) {
                 match segment::decode_record(chunk.get(pos..).unwrap_or_default()) {
                     Ok((record, used)) => {
                         pos += used;
@@ -550,7 +565,7 @@ impl DiskBuffer {
             after: last,
             offset,
         });
-        Ok(out)
+        Ok((out, out_bytes))
     }
 
     /// Marks every message up to `seq` as delivered: fully confirmed

@@ -5,8 +5,9 @@
 //! Each event becomes one log (split by the client if very long):
 //! - `level`: `DEBUG` (for TRACE and DEBUG), `INFO`, `WARN`, `ERROR`;
 //! - `message`: the event's message, then its other fields as ` key=value`
-//!   in the order written (a string value with spaces, `=` or quotes, or an
-//!   empty one, is written quoted as Rust's `{:?}` writes it);
+//!   in the order written; a value that is empty or has spaces, `=` or
+//!   quotes is written quoted, as Rust's `{:?}` quotes a string (a `?field`
+//!   whose Debug form is already a quoted string is left as it is);
 //! - `computation_id`: the event's `computation_id` field, else that of the
 //!   nearest enclosing span that has one, else empty; the field is not
 //!   repeated in the message.
@@ -81,12 +82,14 @@ struct Fields {
 }
 
 impl Fields {
-    fn add(&mut self, field: &Field, value: String, quote_if_needed: bool) {
+    fn add(&mut self, field: &Field, value: String) {
         match field.name() {
             "message" => self.message = Some(value),
             COMPUTATION_ID => self.computation_id = Some(value),
             name => {
-                let needs_quotes = quote_if_needed
+                // A `?text` field arrives already quoted by Debug.
+                let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+                let needs_quotes = !quoted
                     && (value.is_empty()
                         || value
                             .chars()
@@ -113,13 +116,13 @@ impl Fields {
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.add(field, value.to_string(), true);
+        self.add(field, value.to_string());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         // The message arrives here as format arguments, whose Debug form
         // is the formatted text; other values keep their Debug form.
-        self.add(field, format!("{value:?}"), false);
+        self.add(field, format!("{value:?}"));
     }
 }
 
