@@ -15,6 +15,8 @@
 //! [`egress::serve_egress`] run one until SIGTERM or SIGINT, for a service
 //! binary; [`ingress::Ingress::start`] and [`egress::Egress::start`] return a
 //! handle to stop it, for a caller that manages its lifetime.
+//! [`ingress::IngressConfig::from_env`] and [`egress::EgressConfig::from_env`]
+//! read the `COCOS_INGRESS_*` and `COCOS_EGRESS_*` variables.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,10 +31,12 @@
 //! ```
 
 pub mod egress;
+mod env;
 pub mod ingress;
 pub mod pem;
 mod server;
 
+pub use env::EnvError;
 pub use pem::{PemError, PemSource};
 
 /// Waits for SIGTERM (systemd's stop) or SIGINT (Ctrl-C).

@@ -37,6 +37,7 @@ use tracing::{info, warn};
 
 pub use allow::{Allowlist, DEFAULT_PORTS, Host, Pattern, PatternError, Target, TargetError};
 
+use crate::env::{EnvError, Vars};
 use crate::server::{Limits, Running};
 
 /// The port the existing egress proxy listens on (agent-api.md §1.3).
@@ -73,6 +74,56 @@ impl Default for EgressConfig {
             header_read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl EgressConfig {
+    /// The process environment; see [`from_lookup`](Self::from_lookup).
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The configuration from these variables, each optional (empty counts
+    /// as unset; the [`Default`] otherwise):
+    ///
+    /// | variable | field |
+    /// | --- | --- |
+    /// | `COCOS_EGRESS_LISTEN` | `listen` (`127.0.0.1:3128`) |
+    /// | `COCOS_PROXY_PORT` | the port of `listen` on 127.0.0.1, as the existing egress proxy reads it; `COCOS_EGRESS_LISTEN` wins |
+    /// | `COCOS_EGRESS_ALLOW` | `allow`: patterns separated by commas or white space |
+    /// | `COCOS_EGRESS_DIAL_TIMEOUT_SECS` | `dial_timeout` |
+    /// | `COCOS_EGRESS_ALLOW_NON_LOOPBACK` | `allow_non_loopback` (`true`/`false`) |
+    /// | `COCOS_EGRESS_MAX_CONNECTIONS` | `max_connections` |
+    /// | `COCOS_EGRESS_SHUTDOWN_TIMEOUT_SECS` | `shutdown_timeout` |
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let vars = Vars(get);
+        let mut c = Self::default();
+        if let Some(port) = vars.port("COCOS_PROXY_PORT")? {
+            c.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        }
+        if let Some(v) = vars.socket_addr("COCOS_EGRESS_LISTEN")? {
+            c.listen = v;
+        }
+        if let Some(v) = vars.get("COCOS_EGRESS_ALLOW") {
+            c.allow = v
+                .split(|ch: char| ch == ',' || ch.is_whitespace())
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = vars.secs("COCOS_EGRESS_DIAL_TIMEOUT_SECS")? {
+            c.dial_timeout = v;
+        }
+        if let Some(v) = vars.bool("COCOS_EGRESS_ALLOW_NON_LOOPBACK")? {
+            c.allow_non_loopback = v;
+        }
+        if let Some(v) = vars.count("COCOS_EGRESS_MAX_CONNECTIONS")? {
+            c.max_connections = v;
+        }
+        if let Some(v) = vars.secs("COCOS_EGRESS_SHUTDOWN_TIMEOUT_SECS")? {
+            c.shutdown_timeout = v;
+        }
+        Ok(c)
     }
 }
 
@@ -192,4 +243,54 @@ pub async fn serve_egress(config: EgressConfig) -> Result<(), EgressError> {
     let signal = crate::termination().await;
     handle.stop().await;
     signal.map_err(EgressError::Signal)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn defaults_are_localhost_3128_and_deny_all() {
+        let c = EgressConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3128".parse::<SocketAddr>().unwrap());
+        assert!(c.allow.is_empty());
+        assert_eq!(c.dial_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn allow_list_splits_on_commas_and_white_space() {
+        let c = EgressConfig::from_lookup(lookup(&[(
+            "COCOS_EGRESS_ALLOW",
+            "pypi.org, *.pythonhosted.org\n example.com:8443,,",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.allow,
+            ["pypi.org", "*.pythonhosted.org", "example.com:8443"]
+        );
+    }
+
+    #[test]
+    fn the_go_proxy_port_variable_is_honoured_on_localhost() {
+        let c = EgressConfig::from_lookup(lookup(&[("COCOS_PROXY_PORT", "3129")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3129".parse::<SocketAddr>().unwrap());
+        let c = EgressConfig::from_lookup(lookup(&[
+            ("COCOS_PROXY_PORT", "3129"),
+            ("COCOS_EGRESS_LISTEN", "127.0.0.2:4000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.2:4000".parse::<SocketAddr>().unwrap());
+        let e = EgressConfig::from_lookup(lookup(&[("COCOS_PROXY_PORT", "0")])).unwrap_err();
+        assert_eq!(e.name, "COCOS_PROXY_PORT");
+    }
 }

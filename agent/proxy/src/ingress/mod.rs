@@ -46,6 +46,8 @@ pub use handshake::{
     TlsConfigError, TlsFiles, server_config,
 };
 
+use crate::PemSource;
+use crate::env::{EnvError, Vars};
 use crate::server::{ConnContext, Limits, Running, splice};
 
 /// The port the existing agent's ingress listens on; the manager forwards a
@@ -114,6 +116,91 @@ impl IngressConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl IngressConfig {
+    /// The process environment; see [`from_lookup`](Self::from_lookup).
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The configuration from these variables, each optional (empty counts
+    /// as unset; the defaults of [`IngressConfig::new`] otherwise):
+    ///
+    /// | variable | field |
+    /// | --- | --- |
+    /// | `COCOS_INGRESS_LISTEN` | `listen` (`0.0.0.0:7002`) |
+    /// | `COCOS_INGRESS_UPSTREAM` | `upstream` (`/run/cocos/agent.sock`) |
+    /// | `COCOS_INGRESS_CERT`, `COCOS_INGRESS_KEY` | [`Security::Tls`]: each a path or inline PEM ([`PemSource::from_config_value`]) |
+    /// | `COCOS_INGRESS_CLIENT_CA` | `client_ca`: mTLS |
+    /// | `COCOS_INGRESS_ALLOW_PLAINTEXT` | `allow_plaintext` (`true`/`false`) |
+    /// | `COCOS_INGRESS_MAX_CONNECTIONS` | `max_connections` |
+    /// | `COCOS_INGRESS_HANDSHAKE_TIMEOUT_SECS` | `handshake_timeout` |
+    /// | `COCOS_INGRESS_SHUTDOWN_TIMEOUT_SECS` | `shutdown_timeout` |
+    ///
+    /// Without certificate and key the result is [`Security::Plaintext`],
+    /// which [`Ingress::start`] refuses unless plaintext is allowed too. A
+    /// certificate without a key (or the reverse), or a client CA without
+    /// both, is an error.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let vars = Vars(get);
+        let pem = |name: &str| {
+            vars.get(name)
+                .and_then(|v| PemSource::from_config_value(&v))
+        };
+        let security = match (
+            pem("COCOS_INGRESS_CERT"),
+            pem("COCOS_INGRESS_KEY"),
+            pem("COCOS_INGRESS_CLIENT_CA"),
+        ) {
+            (Some(cert), Some(key), client_ca) => Security::Tls(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => Security::Plaintext,
+            (Some(_), None, _) => {
+                return Err(missing("COCOS_INGRESS_KEY", "set with COCOS_INGRESS_CERT"));
+            }
+            (None, Some(_), _) => {
+                return Err(missing("COCOS_INGRESS_CERT", "set with COCOS_INGRESS_KEY"));
+            }
+            (None, None, Some(_)) => {
+                return Err(missing(
+                    "COCOS_INGRESS_CERT",
+                    "mTLS (COCOS_INGRESS_CLIENT_CA) needs a certificate and key",
+                ));
+            }
+        };
+        let mut c = Self::new(security);
+        if let Some(v) = vars.socket_addr("COCOS_INGRESS_LISTEN")? {
+            c.listen = v;
+        }
+        if let Some(v) = vars.get("COCOS_INGRESS_UPSTREAM") {
+            c.upstream = v.into();
+        }
+        if let Some(v) = vars.bool("COCOS_INGRESS_ALLOW_PLAINTEXT")? {
+            c.allow_plaintext = v;
+        }
+        if let Some(v) = vars.count("COCOS_INGRESS_MAX_CONNECTIONS")? {
+            c.max_connections = v;
+        }
+        if let Some(v) = vars.secs("COCOS_INGRESS_HANDSHAKE_TIMEOUT_SECS")? {
+            c.handshake_timeout = v;
+        }
+        if let Some(v) = vars.secs("COCOS_INGRESS_SHUTDOWN_TIMEOUT_SECS")? {
+            c.shutdown_timeout = v;
+        }
+        Ok(c)
+    }
+}
+
+fn missing(name: &'static str, problem: &'static str) -> EnvError {
+    EnvError {
+        name,
+        value: String::new(),
+        problem,
     }
 }
 
@@ -295,5 +382,75 @@ async fn serve_connection(
             debug!(%peer, bytes_to_agent = up, bytes_to_client = down, "connection closed")
         }
         Err(e) => debug!(%peer, "connection ended: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn defaults_are_port_7002_and_the_agent_socket() {
+        let c = IngressConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:7002".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.upstream, PathBuf::from("/run/cocos/agent.sock"));
+        assert!(matches!(c.security, Security::Plaintext));
+        assert!(!c.allow_plaintext);
+        assert_eq!(c.max_connections, 64);
+    }
+
+    #[test]
+    fn certificate_key_and_client_ca_make_mtls() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let c = IngressConfig::from_lookup(lookup(&[
+            ("COCOS_INGRESS_CERT", "/etc/certs/cert.pem"),
+            ("COCOS_INGRESS_KEY", "/etc/certs/key.pem"),
+            ("COCOS_INGRESS_CLIENT_CA", pem),
+            ("COCOS_INGRESS_LISTEN", "127.0.0.1:7443"),
+            ("COCOS_INGRESS_MAX_CONNECTIONS", "8"),
+            ("COCOS_INGRESS_SHUTDOWN_TIMEOUT_SECS", "2"),
+        ]))
+        .unwrap();
+        let Security::Tls(files) = &c.security else {
+            panic!("{:?}", c.security)
+        };
+        assert_eq!(files.cert, PemSource::Path("/etc/certs/cert.pem".into()));
+        assert_eq!(files.client_ca, Some(PemSource::Inline(pem.into())));
+        assert_eq!(c.listen.port(), 7443);
+        assert_eq!(c.max_connections, 8);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn half_a_certificate_configuration_is_an_error() {
+        let e =
+            IngressConfig::from_lookup(lookup(&[("COCOS_INGRESS_CERT", "/c.pem")])).unwrap_err();
+        assert_eq!(e.name, "COCOS_INGRESS_KEY");
+        let e = IngressConfig::from_lookup(lookup(&[("COCOS_INGRESS_CLIENT_CA", "/ca.pem")]))
+            .unwrap_err();
+        assert_eq!(e.name, "COCOS_INGRESS_CERT");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = IngressConfig::from_lookup(lookup(&[("COCOS_INGRESS_ALLOW_PLAINTEXT", "yes")]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "COCOS_INGRESS_ALLOW_PLAINTEXT=\"yes\": expected true or false"
+        );
+        let e =
+            IngressConfig::from_lookup(lookup(&[("COCOS_INGRESS_LISTEN", "7002")])).unwrap_err();
+        assert_eq!(e.name, "COCOS_INGRESS_LISTEN");
     }
 }
