@@ -67,7 +67,17 @@ impl Failure {
     /// `addr` stands for.
     pub fn from_status(status: &Status, addr: &str) -> Self {
         let message = status_text(status);
+        // A status with an underlying error was made on this side from a
+        // broken connection (e.g. an agent that closes the TLS session
+        // because it wants a client certificate), not sent by the agent.
+        let broken = StdError::source(status).is_some();
         let what = match status.code() {
+            Code::Cancelled | Code::Unknown if broken => {
+                return Failure::Unreachable {
+                    addr: addr.to_string(),
+                    cause: message,
+                };
+            }
             Code::Unavailable => {
                 return Failure::Unreachable {
                     addr: addr.to_string(),
