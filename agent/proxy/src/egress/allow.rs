@@ -1,27 +1,4 @@
-//! The egress allowlist: which `host:port` targets the VM may reach.
-//!
-//! Pattern forms (case-insensitive; a trailing dot on a name is ignored):
-//!
-//! | pattern | matches |
-//! | --- | --- |
-//! | `example.com` | the host `example.com` on ports 80 and 443 |
-//! | `example.com:8443` | the host `example.com` on port 8443 only |
-//! | `example.com:*` | the host `example.com` on any port |
-//! | `*.example.com` | any subdomain of `example.com` (`a.example.com`, `a.b.example.com`), **not** `example.com` itself, on ports 80 and 443 |
-//! | `*.example.com:8443` | any subdomain, port 8443 |
-//! | `10.0.0.5`, `10.0.0.5:5000` | that IPv4 address (as an IP literal in the request) |
-//! | `::1`, `[::1]`, `[::1]:5000` | that IPv6 address |
-//!
-//! A pattern without a port allows **the standard web ports, 80 and 443**,
-//! for CONNECT and plain HTTP alike: listing a host lets an algorithm use it
-//! as a web server (`https://host/` goes through CONNECT to 443,
-//! `http://host/` to 80) but not, say, its SSH or SMTP port; those need the
-//! port spelled out.
-//!
-//! Matching is on the name the client asked for; names are not resolved. An
-//! IP pattern matches only requests for that IP literal, and a name pattern
-//! never matches an IP literal. An empty allowlist denies everything; there
-//! is no match-all pattern.
+//! The egress allowlist: patterns, targets, matching (see [`Allowlist`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -165,7 +142,7 @@ enum HostPattern {
     SubdomainsOf(String),
 }
 
-/// One allowlist entry. See the [module documentation](self) for the forms.
+/// One allowlist entry. See [`Allowlist`] for the forms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pattern {
     text: String,
@@ -285,8 +262,31 @@ impl Pattern {
     }
 }
 
-/// The allowlist: a target is allowed when any pattern matches it; an empty
-/// list allows nothing.
+/// The allowlist: which `host:port` targets the VM may reach. A target is
+/// allowed when any pattern matches it; an empty list allows nothing.
+///
+/// Pattern forms (case-insensitive; a trailing dot on a name is ignored):
+///
+/// | pattern | matches |
+/// | --- | --- |
+/// | `example.com` | the host `example.com` on ports 80 and 443 |
+/// | `example.com:8443` | the host `example.com` on port 8443 only |
+/// | `example.com:*` | the host `example.com` on any port |
+/// | `*.example.com` | any subdomain of `example.com` (`a.example.com`, `a.b.example.com`), **not** `example.com` itself, on ports 80 and 443 |
+/// | `*.example.com:8443` | any subdomain, port 8443 |
+/// | `10.0.0.5`, `10.0.0.5:5000` | that IPv4 address (as an IP literal in the request) |
+/// | `::1`, `[::1]`, `[::1]:5000` | that IPv6 address |
+///
+/// A pattern without a port allows **the standard web ports, 80 and 443**,
+/// for CONNECT and plain HTTP alike: listing a host lets an algorithm use it
+/// as a web server (`https://host/` goes through CONNECT to 443,
+/// `http://host/` to 80) but not, say, its SSH or SMTP port; those need the
+/// port spelled out.
+///
+/// Matching is on the name the client asked for; names are not resolved. An
+/// IP pattern matches only requests for that IP literal, and a name pattern
+/// never matches an IP literal. An empty allowlist denies everything; there
+/// is no match-all pattern.
 ///
 /// ```
 /// use cocos_proxy::egress::{Allowlist, Host, Target};
