@@ -159,6 +159,7 @@ impl Service for Cvms {
             // because a large manifest has more chunks than the queue holds.
             let s = shared.clone();
             let conn = origin.conn;
+            let tx = tx.clone();
             tokio::spawn(async move {
                 let mut ok = true;
                 for m in &s.run_messages {
@@ -176,6 +177,10 @@ impl Service for Cvms {
         }
 
         let mut inbound = request.into_inner();
+        // The response stream lasts as long as the agent's side: a
+        // connection that gets nothing from us (a log forwarder) must not
+        // see its call end.
+        let keep_open = tx;
         tokio::spawn(async move {
             let end = loop {
                 match inbound.message().await {
@@ -199,6 +204,7 @@ impl Service for Cvms {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&origin.conn);
+            drop(keep_open);
             shared
                 .printer
                 .print(json!({
