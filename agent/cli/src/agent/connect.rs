@@ -55,7 +55,7 @@ pub struct ConnectArgs {
     pub domain: Option<String>,
     /// Talk to the agent without TLS: nothing is encrypted or
     /// authenticated. For development only; prints a warning.
-    #[arg(long, conflicts_with_all = ["ca", "tls_cert", "tls_key", "domain"])]
+    #[arg(long)]
     pub plaintext: bool,
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
@@ -131,6 +131,11 @@ impl ConnectArgs {
             .connect_timeout(Duration::from_secs(self.connect_timeout))
             .tcp_nodelay(true);
         if self.plaintext {
+            if self.ca.is_some() || self.tls_cert.is_some() || self.domain.is_some() {
+                bail!(
+                    "--plaintext together with TLS settings (--ca, --tls-cert/--tls-key, --domain, or their COCOS_AGENT_* variables): drop one or the other"
+                );
+            }
             eprintln!(
                 "warning: --plaintext: the connection to the agent is neither encrypted nor authenticated"
             );
@@ -179,6 +184,12 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_with_tls_settings_is_refused() {
+        let t = T::try_parse_from(["t", "--plaintext", "--ca", "x"]).unwrap();
+        assert!(t.c.endpoint().is_err());
+    }
+
+    #[test]
     fn addresses_get_the_mode_scheme_and_the_ingress_port() {
         assert_eq!(
             uri(&["--addr", "example.org"]).unwrap(),
@@ -199,6 +210,5 @@ mod tests {
         assert!(uri(&["--addr", "http://h:1"]).is_err());
         assert!(uri(&["--addr", "ftp://h:1"]).is_err());
         assert!(uri(&["--addr", "https://h:1/path"]).is_err());
-        assert!(uri(&["--plaintext", "--ca", "x"]).is_err());
     }
 }

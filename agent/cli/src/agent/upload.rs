@@ -131,6 +131,11 @@ pub async fn algo(a: &AlgoArgs) -> anyhow::Result<ExitCode> {
             ))
             .into());
         }
+        if requirements.is_some() && m.algorithm.requirements_hash.is_none() {
+            eprintln!(
+                "warning: the manifest declares no requirements_hash; an agent that checks it will refuse the requirements"
+            );
+        }
         if let (Some(got), Some(want)) = (requirements, m.algorithm.requirements_hash) {
             if got != want {
                 return Err(Failure::Manifest(format!(
