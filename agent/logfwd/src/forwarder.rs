@@ -405,9 +405,11 @@ impl Pump {
     async fn stream(&self, connection: Connection) -> End {
         let Connection { sender, mut closed } = connection;
         let confirm_after = self.delivery.confirm_after();
-        let mut tick = tokio::time::interval(
-            (confirm_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
-        );
+        // Confirmations (and so `ack` writes) at most this often.
+        let confirm_every =
+            (confirm_after / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut last_confirm = Instant::now();
+        let mut tick = tokio::time::interval(confirm_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cursor = match with_store(&self.store, |b| Ok(b.acked())).await {
             Ok(acked) => acked,
@@ -415,7 +417,10 @@ impl Pump {
         };
         let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
         loop {
-            self.confirm(&mut in_flight, confirm_after).await;
+            if last_confirm.elapsed() >= confirm_every {
+                self.confirm(&mut in_flight, confirm_after).await;
+                last_confirm = Instant::now();
+            }
             let batch: Vec<Record> =
                 match with_store(&self.store, move |b| b.read_after(cursor, BATCH_BYTES)).await {
                     Ok(batch) => batch,
