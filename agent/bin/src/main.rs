@@ -1,11 +1,25 @@
-//! `cocos-agent SERVICE`: the agent services in one binary (wired to their
-//! library crates as they land).
+//! `cocos-agent SERVICE`: the agent services of the confidential VM in one
+//! binary, one subcommand per service (see docs/decisions.md, "The agent
+//! services"). Each systemd unit in `agent/systemd/` runs one of them.
+//!
+//! Every service reads its configuration from the environment (the units
+//! load `/etc/cocos/environment` from the 9P environment share); the keys
+//! are listed by `cocos-agent SERVICE --help` and in `agent/README.md`.
+//! Logs go to stderr (the journal) and, for every service but the log
+//! forwarder itself, to the log forwarder, which relays them to the
+//! computation management service.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// The agent services of the confidential VM.
+/// The agent services of the confidential VM (one per systemd unit).
 #[derive(Parser)]
-#[command(version)]
+#[command(version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     service: Service,
@@ -13,28 +27,121 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Service {
-    /// The orchestrator.
+    /// The orchestrator: the computation state machine, the management
+    /// service's stream, and `agent.AgentService` on its Unix socket.
     Agent,
-    /// The computation runner.
+    /// The computation runner: runs the algorithm as an unprivileged user.
     Runner,
-    /// The log forwarder.
+    /// The log forwarder: relays logs and events to the management
+    /// service, buffering on disk while it is unreachable.
+    ///
+    /// Environment: LOG_FORWARDER_SOCKET, AGENT_CVM_GRPC_URL,
+    /// AGENT_CVM_GRPC_CLIENT_CERT, AGENT_CVM_GRPC_CLIENT_KEY,
+    /// AGENT_CVM_GRPC_SERVER_CA_CERTS, AGENT_CVM_ID.
     LogForwarder,
-    /// The ingress proxy.
+    /// The ingress proxy: TLS (or mTLS) on port 7002 to the agent's socket.
+    ///
+    /// Environment: COCOS_INGRESS_LISTEN, COCOS_INGRESS_UPSTREAM,
+    /// COCOS_INGRESS_CERT, COCOS_INGRESS_KEY (paths or inline PEM),
+    /// COCOS_INGRESS_CLIENT_CA, COCOS_INGRESS_ALLOW_PLAINTEXT.
     Ingress,
-    /// The egress proxy.
+    /// The egress proxy: allowlisted HTTP CONNECT and absolute-form HTTP on
+    /// localhost for the algorithms.
+    ///
+    /// Environment: COCOS_EGRESS_LISTEN, COCOS_EGRESS_ALLOW (patterns),
+    /// COCOS_PROXY_PORT.
     Egress,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let name = match cli.service {
-        Service::Agent => "agent",
-        Service::Runner => "runner",
-        Service::LogForwarder => "log-forwarder",
-        Service::Ingress => "ingress",
-        Service::Egress => "egress",
+impl Service {
+    /// The name in logs and events (the Go agent's originators).
+    fn name(&self) -> &'static str {
+        match self {
+            Service::Agent => "agent",
+            Service::Runner => "computation-runner",
+            Service::LogForwarder => "log-forwarder",
+            Service::Ingress => "ingress-proxy",
+            Service::Egress => "egress-proxy",
+        }
+    }
+}
+
+/// The log forwarder's socket, as the services find it.
+fn log_socket() -> PathBuf {
+    std::env::var_os("LOG_FORWARDER_SOCKET")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/cocos/log.sock"))
+}
+
+/// Logs to stderr at the level of `RUST_LOG`/`AGENT_LOG_LEVEL` (info by
+/// default) and, unless this is the forwarder, to the log forwarder.
+fn init_logging(service: &Service) -> anyhow::Result<()> {
+    let level = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("AGENT_LOG_LEVEL"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&level).with_context(|| format!("log level {level:?}"))?;
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time();
+    let forward = match service {
+        Service::LogForwarder => None,
+        _ => Some(cocos_logfwd::LogLayer::new(
+            cocos_logfwd::LogClient::connect(log_socket(), service.name())
+                .context("the log forwarder client")?,
+        )),
     };
-    println!("COCOS_SERVICE_UP {name}");
-    std::thread::sleep(std::time::Duration::from_secs(u64::MAX / 4));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(forward)
+        .init();
     Ok(())
+}
+
+async fn run(service: Service) -> anyhow::Result<()> {
+    init_logging(&service)?;
+    tracing::info!("{} starting", service.name());
+    match service {
+        Service::Agent => anyhow::bail!("the agent service is not wired into this binary yet"),
+        Service::Runner => anyhow::bail!("the runner service is not wired into this binary yet"),
+        Service::LogForwarder => {
+            let config = cocos_logfwd::Config::from_env();
+            config.validate().context("log forwarder configuration")?;
+            cocos_logfwd::serve(config).await?;
+        }
+        Service::Ingress => {
+            let config =
+                cocos_proxy::ingress::IngressConfig::from_env().context("ingress configuration")?;
+            cocos_proxy::ingress::serve_ingress(config).await?;
+        }
+        Service::Egress => {
+            let config =
+                cocos_proxy::egress::EgressConfig::from_env().context("egress configuration")?;
+            cocos_proxy::egress::serve_egress(config).await?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cocos-agent: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.service)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cocos-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
