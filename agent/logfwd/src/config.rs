@@ -98,6 +98,11 @@ pub struct DeliveryConfig {
     /// than the keepalive interval plus timeout (5 s + 5 s), within which a
     /// silently dead link is noticed.
     pub confirm_after_ms: u64,
+    /// After this many streams in a row broke before anything on them was
+    /// confirmed, the messages they carried count as delivered anyway, so
+    /// that a service that keeps dropping the stream (or one message it
+    /// cannot take) does not stop all delivery. Default 3; at least 1.
+    pub max_replays: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -106,6 +111,7 @@ impl Default for DeliveryConfig {
             redial_initial_ms: 100,
             redial_max_ms: 5_000,
             confirm_after_ms: 15_000,
+            max_replays: 3,
         }
     }
 }
@@ -158,6 +164,9 @@ impl Config {
         }
         if self.delivery.redial_initial_ms == 0 {
             return err("delivery.redial_initial_ms", "must be positive");
+        }
+        if self.delivery.max_replays == 0 {
+            return err("delivery.max_replays", "must be at least 1");
         }
         if self.socket_mode > 0o777 {
             return err("socket_mode", "must be permission bits (at most 0o777)");

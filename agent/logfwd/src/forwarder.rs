@@ -351,7 +351,11 @@ struct Pump {
 /// How a stream ended.
 enum End {
     Cancelled,
-    Broken(String),
+    Broken {
+        reason: String,
+        /// The last message handed to the stream, if any was.
+        last_sent: Option<u64>,
+    },
 }
 
 impl Pump {
@@ -360,6 +364,9 @@ impl Pump {
             Duration::from_millis(self.delivery.redial_initial_ms),
             Duration::from_millis(self.delivery.redial_max_ms),
         );
+        // Streams in a row that broke with messages on them before any
+        // got confirmed.
+        let mut stalls = 0;
         loop {
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -369,9 +376,20 @@ impl Pump {
                 Ok(connection) => {
                     tracing::info!("stream to the management service open");
                     let started = Instant::now();
+                    let head = self.acked().await;
                     match self.stream(connection).await {
                         End::Cancelled => return,
-                        End::Broken(reason) => {
+                        End::Broken { reason, last_sent } => {
+                            match last_sent {
+                                Some(last) if self.acked().await == head => {
+                                    stalls += 1;
+                                    if stalls >= self.delivery.max_replays {
+                                        stalls = 0;
+                                        self.give_up_on(head, last).await;
+                                    }
+                                }
+                                _ => stalls = 0,
+                            }
                             // A stream that lived a while was a success:
                             // start the back-off afresh.
                             if started.elapsed() >= backoff.max() {
@@ -411,12 +429,14 @@ impl Pump {
         let mut last_confirm = Instant::now();
         let mut tick = tokio::time::interval(confirm_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut cursor = match with_store(&self.store, |b| Ok(b.acked())).await {
+        let start = match with_store(&self.store, |b| Ok(b.acked())).await {
             Ok(acked) => acked,
             Err(_) => return End::Cancelled,
         };
+        let mut cursor = start;
         let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
-        loop {
+        let closed_reason = |r: Result<String, _>| r.unwrap_or_else(|_| "stream closed".into());
+        let reason = 'stream: loop {
             if last_confirm.elapsed() >= confirm_every {
                 self.confirm(&mut in_flight, confirm_after).await;
                 last_confirm = Instant::now();
@@ -433,7 +453,7 @@ impl Pump {
             if batch.is_empty() {
                 tokio::select! {
                     () = self.cancel.cancelled() => return End::Cancelled,
-                    reason = &mut closed => return End::Broken(reason.unwrap_or_else(|_| "stream closed".into())),
+                    reason = &mut closed => break 'stream closed_reason(reason),
                     () = self.notify.notified() => {}
                     _ = tick.tick() => {}
                 }
@@ -444,16 +464,48 @@ impl Pump {
                 tokio::select! {
                     biased;
                     () = self.cancel.cancelled() => return End::Cancelled,
-                    reason = &mut closed => return End::Broken(reason.unwrap_or_else(|_| "stream closed".into())),
+                    reason = &mut closed => break 'stream closed_reason(reason),
                     sent = sender.send(record.payload.into_stream_message()) => {
                         if sent.is_err() {
-                            return End::Broken("the transport dropped the stream".into());
+                            break 'stream "the transport dropped the stream".to_string();
                         }
                     }
                 }
                 in_flight.push_back((seq, Instant::now()));
                 cursor = seq;
             }
+        };
+        // What was on the stream for the whole window before the break
+        // counts as delivered; the rest is sent again on the next stream.
+        self.confirm(&mut in_flight, confirm_after).await;
+        End::Broken {
+            reason,
+            last_sent: (cursor > start).then_some(cursor),
+        }
+    }
+
+    async fn acked(&self) -> u64 {
+        with_store(&self.store, |b| Ok(b.acked()))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Counts messages `head + 1 ..= last` as delivered although no stream
+    /// stayed up long enough to confirm them: without this, a service that
+    /// always drops the stream soon after it opens (or on one message it
+    /// cannot take) would get the same window again and again and nothing
+    /// after it.
+    async fn give_up_on(&self, head: u64, last: u64) {
+        tracing::warn!(
+            first_seq = head + 1,
+            last_seq = last,
+            streams = self.delivery.max_replays,
+            "the management service closed {} streams in a row before any message on them was \
+             confirmed; counting these messages as delivered to make progress (some may be lost)",
+            self.delivery.max_replays
+        );
+        if let Err(e) = with_store(&self.store, move |b| b.confirm_through(last)).await {
+            tracing::error!("cannot record delivered messages: {e}");
         }
     }
 

@@ -31,9 +31,13 @@
 //! then stayed up for `delivery.confirm_after_ms` (15 s). If the stream
 //! breaks sooner, the unconfirmed messages are sent again on the next
 //! stream, so the management service may see the last few seconds before a
-//! break twice, but never a gap. Messages are lost only by the drop policy
-//! (oldest logs, when the disk bound is reached, or when a client's queue
-//! is full), and each drop is counted and reported in a WARN.
+//! break twice, but never a gap. One exception keeps delivery moving: after
+//! `delivery.max_replays` (3) streams in a row broke before anything on them
+//! was confirmed, what they carried counts as delivered (with a WARN), so
+//! that a service that always drops the stream early, or on one message,
+//! cannot stop everything behind it. Otherwise messages are lost only by the
+//! drop policy (oldest logs, when the disk bound is reached, or when a
+//! client's queue is full), and each drop is counted and reported in a WARN.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), cocos_logfwd::ServeError> {
