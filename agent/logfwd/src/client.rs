@@ -283,7 +283,9 @@ impl Drop for Owner {
 }
 
 /// A handle for sending logs and events to the forwarder (see the module
-/// docs). Clones share one queue and one connection.
+/// docs). Clones share one queue and one connection. Dropping the last
+/// clone stops the sending task at once, abandoning what is still queued:
+/// call [`LogClient::flush`] first when that matters (at a service's exit).
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), cocos_logfwd::client::ClientError> {
