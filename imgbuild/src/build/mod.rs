@@ -25,6 +25,9 @@
 //! Everything goes to temporary names in the output directory first; on
 //! failure they are removed, so no partial `disk.img` looks complete.
 
+mod error;
+mod staging;
+
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,25 +35,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
-use cocos_formats::ext4::{BlockSink, Ext4Error, Ext4Options, Ext4Plan, FileSink, SourceTree};
+use cocos_formats::ext4::{BlockSink, Ext4Options, Ext4Plan, FileSink, SourceTree};
 use cocos_formats::sparse::{self, Segment};
 use cocos_measure::verity::{
-    GeometryError, HashAreaLayout, HashTree, HashTreeBuilder, ParamError, RootHash, Salt,
-    TreeError, TreeGeometry, TreeParams, VerityParams,
+    HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt, TreeGeometry, TreeParams,
+    VerityParams,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 use uuid::Uuid;
 
-use crate::fat::{self, EspFile, EspSource, EspSpec, FatError};
-use crate::gpt::{self, GptError, GptWriteError, PartitionSpec};
+use crate::fat::{self, EspFile, EspSource, EspSpec};
+use crate::gpt::{self, PartitionSpec};
 use crate::grub::{self, GrubError};
-use crate::initramfs::{Initramfs, InitramfsError, InitramfsSpec};
+use crate::initramfs::{Initramfs, InitramfsSpec};
 use crate::seed::Seed;
 use crate::seed::purpose;
-use crate::spec::{self, Partition, Role, SizeRule, SpecError, UuidRule, VeritySpec};
-use crate::tree::{self, SourceError};
+use crate::spec::{self, Partition, Role, SizeRule, UuidRule, VeritySpec};
+use crate::tree;
+
+pub use error::BuildError;
+use error::io_err;
+use staging::Staging;
 
 /// Where the initramfs comes from.
 #[derive(Debug, Clone)]
@@ -103,77 +109,6 @@ pub struct BuildConfig {
     pub source_date_epoch: i64,
     /// Make every file owned by 0:0.
     pub root_owned: bool,
-}
-
-/// A failed build. Each variant says which step and which file.
-#[derive(Debug, Error)]
-pub enum BuildError {
-    /// An input or output file problem.
-    #[error("{}: cannot {action}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What was being done.
-        action: &'static str,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// A missing input.
-    #[error("{}: {what} not found", path.display())]
-    MissingInput {
-        /// The path.
-        path: PathBuf,
-        /// Which input.
-        what: &'static str,
-    },
-    /// The root tree could not be read.
-    #[error("reading the root tree")]
-    Source(#[from] SourceError),
-    /// The root filesystem could not be built.
-    #[error("building the root filesystem")]
-    Ext4(#[from] Ext4Error),
-    /// The verity parameters (the salt) are not valid.
-    #[error("dm-verity parameters")]
-    VerityParams(#[from] ParamError),
-    /// The hash area does not fit its partition or its block size.
-    #[error("laying out the dm-verity hash area")]
-    VerityGeometry(#[from] GeometryError),
-    /// The verity tree could not be built.
-    #[error("building the dm-verity tree")]
-    VerityTree(#[from] TreeError),
-    /// manifest.json could not be serialised.
-    #[error("writing manifest.json")]
-    Manifest(#[source] serde_json::Error),
-    /// A worker thread of the build failed unexpectedly.
-    #[error("internal error: {0}")]
-    Internal(&'static str),
-    /// GRUB could not be built.
-    #[error("building GRUB")]
-    Grub(#[from] GrubError),
-    /// The ESP could not be written.
-    #[error("writing the EFI system partition")]
-    Fat(#[from] FatError),
-    /// The partition table could not be planned.
-    #[error("writing the partition table")]
-    Gpt(#[from] GptError),
-    /// The partition table could not be written.
-    #[error("writing the partition table")]
-    GptWrite(#[from] GptWriteError),
-    /// The initramfs could not be generated.
-    #[error("building the initramfs")]
-    Initramfs(#[from] InitramfsError),
-    /// The partition table or the verity parameters cannot be used.
-    #[error("image description: {0}")]
-    Spec(SpecError),
-}
-
-fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BuildError {
-    let path = path.to_path_buf();
-    move |source| BuildError::Io {
-        path,
-        action,
-        source,
-    }
 }
 
 /// One file of the build, with its digest.
@@ -263,51 +198,6 @@ pub mod artifact {
     pub const INITRAMFS: &str = "rootfs.cpio.gz";
     /// The manifest.
     pub const MANIFEST: &str = "manifest.json";
-}
-
-/// Files written under temporary names, renamed into place by `commit` and
-/// removed on drop otherwise.
-struct Staging {
-    dir: PathBuf,
-    files: Vec<(PathBuf, PathBuf)>,
-}
-
-impl Staging {
-    fn new(dir: &Path) -> Self {
-        Staging {
-            dir: dir.to_path_buf(),
-            files: Vec::new(),
-        }
-    }
-
-    /// Creates the temporary file for artifact `name`.
-    fn create(&mut self, name: &str) -> Result<File, BuildError> {
-        let temp = self.dir.join(format!(".{name}.partial"));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(io_err(&temp, "create"))?;
-        self.files.push((temp, self.dir.join(name)));
-        Ok(file)
-    }
-
-    fn commit(mut self) -> Result<(), BuildError> {
-        for (temp, dest) in std::mem::take(&mut self.files) {
-            std::fs::rename(&temp, &dest).map_err(io_err(&dest, "move into place"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        for (temp, _) in &self.files {
-            let _ = std::fs::remove_file(temp);
-        }
-    }
 }
 
 /// Writes each ext4 block to the disk image and to `rootfs.ext4`, and
