@@ -25,18 +25,15 @@
 //! Everything goes to temporary names in the output directory first; on
 //! failure they are removed, so no partial `disk.img` looks complete.
 
+mod digests;
 mod error;
 mod staging;
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::path::PathBuf;
 
 use cocos_formats::ext4::{BlockSink, Ext4Options, Ext4Plan, FileSink, SourceTree};
-use cocos_formats::sparse::{self, Segment};
 use cocos_measure::verity::{
     HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt, TreeGeometry, TreeParams,
     VerityParams,
@@ -54,6 +51,7 @@ use crate::seed::purpose;
 use crate::spec::{self, Partition, Role, SizeRule, UuidRule, VeritySpec};
 use crate::tree;
 
+use digests::{ReadBack, Workers, digest_range, finish_digest, hash_range};
 pub use error::BuildError;
 use error::io_err;
 use staging::Staging;
@@ -596,7 +594,7 @@ pub fn build(
     progress_total(ext4.size());
     // Writing and hashing the root filesystem keeps both cores busy: the
     // ESP hashing waits meanwhile, then runs beside the rootfs.ext4 digest.
-    workers.0.set_paused(true);
+    workers.pause();
     let tree_hash = write_and_hash(
         &ext4,
         &tree,
@@ -606,20 +604,16 @@ pub fn build(
             .map_err(BuildError::from)?,
         progress,
     )?;
-    workers.0.set_paused(false);
+    workers.resume();
     let root_hash = tree_hash.root_hash().clone();
     // rootfs.ext4 is complete: digest it while the rest is built.
-    let rootfs_digest = {
-        let file = rootfs
-            .try_clone()
-            .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "reopen"))?;
-        let (len, control) = (ext4.size(), workers.control());
-        std::thread::spawn(move || {
-            let mut h = Sha256::new();
-            hash_range(&mut h, &file, artifact::ROOTFS, 0, len, &control)?;
-            Ok::<_, BuildError>(finish_digest(artifact::ROOTFS, len, h))
-        })
-    };
+    let rootfs_digest = digests::in_background(
+        &rootfs,
+        &cfg.out_dir.join(artifact::ROOTFS),
+        artifact::ROOTFS,
+        ext4.size(),
+        workers.control(),
+    )?;
 
     stage.done("root filesystem");
     // 4. The hash partition and rootfs.verity.
@@ -671,11 +665,6 @@ pub fn build(
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
 
     stage.done("side artifacts");
-    // Digests, in parallel. Partition 1 (the ESP) is hashed already;
-    // partition 2 holds exactly rootfs.ext4's bytes, so it is hashed once;
-    // the cocos partition is zeros by construction (no need to read 20 GiB
-    // of them).
-    let mut ranges: Vec<(String, &File, u64, u64)> = Vec::new();
     // Hashed elsewhere or zeros by construction: the ESP, the root and the
     // blank data partitions.
     let hashed_elsewhere: Vec<&str> = partitions
@@ -683,47 +672,27 @@ pub fn build(
         .filter(|p| p.role != Role::RootVerity)
         .map(|p| p.label.as_str())
         .collect();
-    for p in layout
-        .partitions
-        .iter()
-        .filter(|p| !hashed_elsewhere.contains(&p.name.as_str()))
-    {
-        ranges.push((
-            format!("{}#{}", artifact::DISK, p.number),
-            &disk,
-            p.offset,
-            p.size,
-        ));
-    }
-    // A generated initramfs's digest is known from when it was made; a
-    // prebuilt one is read back.
-    let known_initramfs = generated.as_ref().map(|(_, summary, _)| FileDigest {
-        path: artifact::INITRAMFS.into(),
-        size: summary.size,
-        sha256: summary.sha256.clone(),
-    });
-    let mut read_back = vec![
-        (artifact::VERITY, &verity_file),
-        (artifact::ROOTHASH, &roothash_file),
-    ];
-    if known_initramfs.is_none() {
-        read_back.push((artifact::INITRAMFS, &initramfs));
-    }
-    for (name, file) in read_back {
-        let len = file
-            .metadata()
-            .map_err(io_err(&cfg.out_dir.join(name), "stat"))?
-            .len();
-        ranges.push((name.to_owned(), file, 0, len));
-    }
-    let mut artifacts = {
-        use rayon::prelude::*;
-        ranges
-            .par_iter()
-            .map(|(name, file, offset, len)| digest_range(file, name, *offset, *len))
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    artifacts.extend(known_initramfs);
+    let read_back = digests::read_back(
+        &cfg.out_dir,
+        ReadBack {
+            disk: &disk,
+            partitions: layout
+                .partitions
+                .iter()
+                .filter(|p| !hashed_elsewhere.contains(&p.name.as_str()))
+                .collect(),
+            verity: &verity_file,
+            roothash: &roothash_file,
+            initramfs: &initramfs,
+            // A generated initramfs's digest is known from when it was
+            // made; a prebuilt one is read back.
+            initramfs_digest: generated.as_ref().map(|(_, summary, _)| FileDigest {
+                path: artifact::INITRAMFS.into(),
+                size: summary.size,
+                sha256: summary.sha256.clone(),
+            }),
+        },
+    )?;
     // The ESP: fill the reserved room, hash the rest.
     let (mut esp, mut esp_hash) = early_esp
         .join()
@@ -782,25 +751,12 @@ pub fn build(
     }
     let esp_digest = finish_digest(&esp_name, esp_size, esp_hash);
     drop(grub_work);
-    artifacts.push(esp_digest);
-    artifacts.push(
-        rootfs_digest
-            .join()
-            .map_err(|_| BuildError::Internal("the rootfs.ext4 digest panicked"))??,
-    );
-    if let (Some(root), Some(fs)) = (
-        layout.partition(&root_def.label),
-        artifacts
-            .iter()
-            .find(|a| a.path == artifact::ROOTFS)
-            .cloned(),
-    ) {
-        artifacts.push(FileDigest {
-            path: format!("{}#{}", artifact::DISK, root.number),
-            ..fs
-        });
-    }
-    artifacts.sort_by(|a, b| a.path.cmp(&b.path));
+    let artifacts = digests::collect(
+        read_back,
+        esp_digest,
+        rootfs_digest,
+        layout.partition(&root_def.label).map(|p| p.number),
+    )?;
     stage.done("digests");
     let mut inputs = Vec::new();
     // By role, not by path: where the inputs lay must not change the
@@ -864,110 +820,4 @@ pub fn build(
         verity_size: verity_area,
         artifacts,
     })
-}
-
-/// SHA-256 of `len` bytes of `file` from `offset`.
-fn digest_range(file: &File, name: &str, offset: u64, len: u64) -> Result<FileDigest, BuildError> {
-    let mut h = Sha256::new();
-    hash_range(&mut h, file, name, offset, len, &Control::default())?;
-    Ok(finish_digest(name, len, h))
-}
-
-/// The digest record of `size` bytes hashed into `h`.
-fn finish_digest(name: &str, size: u64, h: Sha256) -> FileDigest {
-    FileDigest {
-        path: name.to_owned(),
-        size,
-        sha256: hex::encode(h.finalize()),
-    }
-}
-
-/// Feeds `len` bytes of `file` from `offset` into `h`, checking `control`
-/// between chunks.
-fn hash_range(
-    h: &mut Sha256,
-    file: &File,
-    name: &str,
-    offset: u64,
-    len: u64,
-    control: &Control,
-) -> Result<(), BuildError> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4 << 20];
-    let zeros = vec![0u8; 1 << 20];
-    for segment in sparse::segments(file, offset, offset + len) {
-        match segment.map_err(io_err(Path::new(name), "read back"))? {
-            // Holes (the ESP's free space, the root's free blocks) are
-            // zeros: hash them from memory instead of reading them back.
-            Segment::Hole(mut at, end) => {
-                while at < end {
-                    control.check()?;
-                    let n = (end - at).min(zeros.len() as u64) as usize;
-                    h.update(&zeros[..n]);
-                    at += n as u64;
-                }
-            }
-            Segment::Data(mut at, end) => {
-                while at < end {
-                    control.check()?;
-                    let n = (end - at).min(buf.len() as u64) as usize;
-                    file.read_exact_at(&mut buf[..n], at)
-                        .map_err(io_err(Path::new(name), "read back"))?;
-                    h.update(&buf[..n]);
-                    at += n as u64;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// What the build's worker threads check between chunks of work: whether
-/// to wait (the root filesystem is being written and needs both cores) or
-/// to stop (the build failed).
-#[derive(Default)]
-struct Control {
-    stop: AtomicBool,
-    paused: Mutex<bool>,
-    resumed: Condvar,
-}
-
-impl Control {
-    /// Waits while paused; `Err` once the build has stopped.
-    fn check(&self) -> Result<(), BuildError> {
-        let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
-        while *paused {
-            paused = self
-                .resumed
-                .wait(paused)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        if self.stop.load(Ordering::Relaxed) {
-            return Err(BuildError::Internal("stopped: the build failed"));
-        }
-        Ok(())
-    }
-
-    fn set_paused(&self, paused: bool) {
-        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = paused;
-        self.resumed.notify_all();
-    }
-}
-
-/// The build's handle on its workers' [`Control`]: dropped on every
-/// return from [`build`], it stops them (and lets paused ones go).
-#[derive(Default)]
-struct Workers(Arc<Control>);
-
-impl Workers {
-    fn control(&self) -> Arc<Control> {
-        Arc::clone(&self.0)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::Relaxed);
-        self.0.set_paused(false);
-    }
 }
