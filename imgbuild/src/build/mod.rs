@@ -27,6 +27,7 @@
 
 mod digests;
 mod error;
+mod initrd;
 mod staging;
 
 use std::fs::File;
@@ -45,7 +46,7 @@ use uuid::Uuid;
 use crate::fat::{self, EspFile, EspSource, EspSpec};
 use crate::gpt::{self, PartitionSpec};
 use crate::grub::{self, GrubError};
-use crate::initramfs::{Initramfs, InitramfsSpec};
+use crate::initramfs::InitramfsSpec;
 use crate::seed::Seed;
 use crate::seed::purpose;
 use crate::spec::{self, Partition, Role, SizeRule, UuidRule, VeritySpec};
@@ -54,6 +55,7 @@ use crate::tree;
 use digests::{ReadBack, Workers, digest_range, finish_digest, hash_range};
 pub use error::BuildError;
 use error::io_err;
+use initrd::{Generated, Initrd};
 use staging::Staging;
 
 /// Where the initramfs comes from.
@@ -351,18 +353,7 @@ pub fn build(
     let mut stage = Stage::new();
     // 0. A generated initramfs, first: its inputs are the likeliest to be
     // wrong (module names), and nothing is written yet.
-    let generated = match &cfg.initramfs {
-        InitramfsSource::File(_) => None,
-        InitramfsSource::Generate(spec) => {
-            let spec = InitramfsSpec {
-                source_date_epoch: cfg.source_date_epoch,
-                ..(**spec).clone()
-            };
-            let (bytes, summary) = Initramfs::build(&spec)?.compressed()?;
-            stage.done("initramfs");
-            Some((bytes, summary, spec))
-        }
-    };
+    let initrd = Initrd::prepare(cfg, &mut stage)?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
     let mut staging = Staging::new(&cfg.out_dir);
 
@@ -455,13 +446,7 @@ pub fn build(
             _ => Ok(None),
         }
     };
-    let initrd_source = match (&cfg.initramfs, &generated) {
-        (_, Some((bytes, _, _))) => EspSource::Bytes(bytes.clone()),
-        (InitramfsSource::File(path), None) => EspSource::File(path.clone()),
-        (InitramfsSource::Generate(_), None) => {
-            return Err(BuildError::Internal("the initramfs was not generated"));
-        }
-    };
+    let initrd_source = initrd.esp_source();
     let esp_spec = |bootloader: EspSource, grub_cfg: EspSource| EspSpec {
         size: esp_size,
         volume_id: seed.u32_for(purpose::ESP_VOLUME_ID),
@@ -645,21 +630,7 @@ pub fn build(
 
     stage.done("partition table");
     // 7. Side artifacts and the manifest.
-    let initramfs = staging.create(artifact::INITRAMFS)?;
-    match (&cfg.initramfs, &generated) {
-        (_, Some((bytes, _, _))) => std::io::Write::write_all(&mut &initramfs, bytes)
-            .map_err(io_err(&cfg.out_dir.join(artifact::INITRAMFS), "write"))?,
-        (InitramfsSource::File(path), None) => {
-            std::io::copy(
-                &mut File::open(path).map_err(io_err(path, "read"))?,
-                &mut &initramfs,
-            )
-            .map_err(io_err(path, "copy"))?;
-        }
-        (InitramfsSource::Generate(_), None) => {
-            return Err(BuildError::Internal("the initramfs was not generated"));
-        }
-    }
+    let initramfs = initrd.write(&mut staging)?;
     let roothash_file = staging.create(artifact::ROOTHASH)?;
     std::io::Write::write_all(&mut &roothash_file, format!("{root_hash}\n").as_bytes())
         .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
@@ -684,13 +655,7 @@ pub fn build(
             verity: &verity_file,
             roothash: &roothash_file,
             initramfs: &initramfs,
-            // A generated initramfs's digest is known from when it was
-            // made; a prebuilt one is read back.
-            initramfs_digest: generated.as_ref().map(|(_, summary, _)| FileDigest {
-                path: artifact::INITRAMFS.into(),
-                size: summary.size,
-                sha256: summary.sha256.clone(),
-            }),
+            initramfs_digest: initrd.digest(),
         },
     )?;
     // The ESP: fill the reserved room, hash the rest.
@@ -763,17 +728,16 @@ pub fn build(
     // manifest (the root tree is covered by the root hash; the modules and
     // libraries of a generated initramfs by rootfs.cpio.gz's digest).
     let mut input_files = vec![(cfg.kernel.clone(), "kernel".to_owned())];
-    match (&cfg.initramfs, &generated) {
-        (_, Some((_, _, spec))) => {
-            input_files.push((spec.init.clone(), "init".into()));
-            for f in &spec.files {
+    match &initrd {
+        Initrd::Generated(generated) => {
+            input_files.push((generated.spec.init.clone(), "init".into()));
+            for f in &generated.spec.files {
                 input_files.push((f.source.clone(), format!("initramfs-file:{}", f.dest)));
             }
         }
-        (InitramfsSource::File(path), None) => {
+        Initrd::Prebuilt(path) => {
             input_files.push((path.clone(), "initramfs".into()));
         }
-        (InitramfsSource::Generate(_), None) => {}
     }
     for (path, role) in &input_files {
         let f = File::open(path).map_err(io_err(path, "read"))?;
@@ -792,9 +756,9 @@ pub fn build(
         esp: esp.files.clone(),
         artifacts: artifacts.clone(),
         inputs,
-        initramfs: generated
-            .as_ref()
-            .map(|(_, summary, _)| GeneratedInitramfs {
+        initramfs: initrd
+            .generated()
+            .map(|Generated { summary, .. }| GeneratedInitramfs {
                 kernel_version: summary.kernel_version.clone(),
                 modules: summary.modules.iter().map(|m| m.path.clone()).collect(),
                 builtin_modules: summary.builtin_modules.clone(),

@@ -36,6 +36,11 @@ impl Staging {
         Ok(file)
     }
 
+    /// Where artifact `name` ends up: the path its errors name.
+    pub(super) fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// Moves every staged file into place.
     pub(super) fn commit(mut self) -> Result<(), BuildError> {
         for (temp, dest) in std::mem::take(&mut self.files) {
