@@ -28,9 +28,9 @@
 mod digests;
 mod error;
 mod initrd;
+mod manifest;
 mod staging;
 
-use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 
@@ -52,10 +52,12 @@ use crate::seed::purpose;
 use crate::spec::{self, Partition, Role, SizeRule, UuidRule, VeritySpec};
 use crate::tree;
 
-use digests::{ReadBack, Workers, digest_range, finish_digest, hash_range};
+use digests::{ReadBack, Workers, finish_digest, hash_range};
 pub use error::BuildError;
 use error::io_err;
-use initrd::{Generated, Initrd};
+use initrd::Initrd;
+use manifest::Record;
+pub use manifest::{FileDigest, GeneratedInitramfs, Manifest};
 use staging::Staging;
 
 /// Where the initramfs comes from.
@@ -109,60 +111,6 @@ pub struct BuildConfig {
     pub source_date_epoch: i64,
     /// Make every file owned by 0:0.
     pub root_owned: bool,
-}
-
-/// One file of the build, with its digest.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileDigest {
-    /// Path (artifacts: name in the output directory; inputs: the role,
-    /// `kernel` or `initramfs`).
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// SHA-256, hex.
-    pub sha256: String,
-}
-
-/// What a generated initramfs holds, in the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct GeneratedInitramfs {
-    /// Kernel version of the modules.
-    pub kernel_version: Option<String>,
-    /// Module paths in the initramfs, in load order.
-    pub modules: Vec<String>,
-    /// Requested modules built into the kernel.
-    pub builtin_modules: Vec<String>,
-    /// Shared library paths in the initramfs.
-    pub libraries: Vec<String>,
-    /// Entries in the archive.
-    pub entries: usize,
-}
-
-/// `manifest.json`: everything a verifier needs.
-#[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
-    /// Tool name and version.
-    pub tool: String,
-    /// SOURCE_DATE_EPOCH used.
-    pub source_date_epoch: i64,
-    /// Image seed.
-    pub seed: Uuid,
-    /// Kernel command line (in GRUB's embedded configuration).
-    pub kernel_cmdline: String,
-    /// dm-verity parameters and root hash.
-    pub verity: VerityParams,
-    /// The partition table.
-    pub partitions: gpt::DiskLayout,
-    /// Files on the ESP.
-    pub esp: Vec<fat::EspEntry>,
-    /// Output files. `disk.img` is listed by partition (`disk.img#N`): its
-    /// `cocos` partition and free space are zeros by construction.
-    pub artifacts: Vec<FileDigest>,
-    /// Input files.
-    pub inputs: Vec<FileDigest>,
-    /// The generated initramfs (absent for a prebuilt one).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub initramfs: Option<GeneratedInitramfs>,
 }
 
 /// What `build` reports (`--json`).
@@ -723,53 +671,20 @@ pub fn build(
         layout.partition(&root_def.label).map(|p| p.number),
     )?;
     stage.done("digests");
-    let mut inputs = Vec::new();
-    // By role, not by path: where the inputs lay must not change the
-    // manifest (the root tree is covered by the root hash; the modules and
-    // libraries of a generated initramfs by rootfs.cpio.gz's digest).
-    let mut input_files = vec![(cfg.kernel.clone(), "kernel".to_owned())];
-    match &initrd {
-        Initrd::Generated(generated) => {
-            input_files.push((generated.spec.init.clone(), "init".into()));
-            for f in &generated.spec.files {
-                input_files.push((f.source.clone(), format!("initramfs-file:{}", f.dest)));
-            }
-        }
-        Initrd::Prebuilt(path) => {
-            input_files.push((path.clone(), "initramfs".into()));
-        }
-    }
-    for (path, role) in &input_files {
-        let f = File::open(path).map_err(io_err(path, "read"))?;
-        let len = f.metadata().map_err(io_err(path, "stat"))?.len();
-        inputs.push(digest_range(&f, role, 0, len)?);
-    }
-    let manifest = Manifest {
-        tool: format!("cocos-imgbuild {}", env!("CARGO_PKG_VERSION")),
-        source_date_epoch: cfg.source_date_epoch,
-        seed: cfg.seed,
-        kernel_cmdline: cmdline.clone(),
-        verity: VerityParams::new(&verity_params, ext4.blocks())
-            .with_uuid(Some(verity_uuid))
-            .with_root_hash(Some(root_hash.clone())),
-        partitions: layout.clone(),
-        esp: esp.files.clone(),
-        artifacts: artifacts.clone(),
-        inputs,
-        initramfs: initrd
-            .generated()
-            .map(|Generated { summary, .. }| GeneratedInitramfs {
-                kernel_version: summary.kernel_version.clone(),
-                modules: summary.modules.iter().map(|m| m.path.clone()).collect(),
-                builtin_modules: summary.builtin_modules.clone(),
-                libraries: summary.libraries.iter().map(|l| l.path.clone()).collect(),
-                entries: summary.entries.len(),
-            }),
-    };
-    let manifest_file = staging.create(artifact::MANIFEST)?;
-    let json = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Manifest)?;
-    std::io::Write::write_all(&mut &manifest_file, &json)
-        .map_err(io_err(&cfg.out_dir.join(artifact::MANIFEST), "write"))?;
+    manifest::write(
+        cfg,
+        &mut staging,
+        Record {
+            cmdline: &cmdline,
+            verity: VerityParams::new(&verity_params, ext4.blocks())
+                .with_uuid(Some(verity_uuid))
+                .with_root_hash(Some(root_hash.clone())),
+            layout: &layout,
+            esp: &esp.files,
+            artifacts: &artifacts,
+            initrd: &initrd,
+        },
+    )?;
     // Renamed into place only when complete; not fsynced (like the tools it
     // replaces), so a machine crash right after a build may need a rebuild.
     staging.commit()?;
