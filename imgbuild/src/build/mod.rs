@@ -29,16 +29,12 @@ mod digests;
 mod error;
 mod initrd;
 mod manifest;
+mod root;
 mod staging;
 
-use std::io;
 use std::path::PathBuf;
 
-use cocos_formats::ext4::{BlockSink, Ext4Options, Ext4Plan, FileSink, SourceTree};
-use cocos_measure::verity::{
-    HashAreaLayout, HashTree, HashTreeBuilder, RootHash, Salt, TreeGeometry, TreeParams,
-    VerityParams,
-};
+use cocos_measure::verity::RootHash;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -50,7 +46,6 @@ use crate::initramfs::InitramfsSpec;
 use crate::seed::Seed;
 use crate::seed::purpose;
 use crate::spec::{self, Partition, Role, SizeRule, UuidRule, VeritySpec};
-use crate::tree;
 
 use digests::{ReadBack, Workers, finish_digest, hash_range};
 pub use error::BuildError;
@@ -58,6 +53,8 @@ use error::io_err;
 use initrd::Initrd;
 use manifest::Record;
 pub use manifest::{FileDigest, GeneratedInitramfs, Manifest};
+pub use root::ext4_options;
+use root::{RootPlan, RootWritten};
 use staging::Staging;
 
 /// Where the initramfs comes from.
@@ -148,110 +145,6 @@ pub mod artifact {
     pub const MANIFEST: &str = "manifest.json";
 }
 
-/// Writes each ext4 block to the disk image and to `rootfs.ext4`, and
-/// passes it on for dm-verity hashing on another thread (in runs of
-/// consecutive blocks, so the writer does not wait for the hasher).
-struct TeeSink<'a> {
-    disk: FileSink<'a>,
-    rootfs: FileSink<'a>,
-    hasher: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
-    /// Consecutive blocks not yet sent: first block and bytes.
-    run: (u64, Vec<u8>),
-}
-
-/// Bytes of consecutive blocks sent to the hasher at once.
-const HASH_RUN: usize = 1 << 20;
-
-impl TeeSink<'_> {
-    fn send(&mut self) -> io::Result<()> {
-        if self.run.1.is_empty() {
-            return Ok(());
-        }
-        let run = std::mem::replace(&mut self.run, (0, Vec::with_capacity(HASH_RUN)));
-        self.hasher
-            .send(run)
-            .map_err(|_| io::Error::other("the dm-verity hasher stopped"))
-    }
-}
-
-impl BlockSink for TeeSink<'_> {
-    fn write_blocks(&mut self, first: u64, data: &[u8]) -> io::Result<()> {
-        self.disk.write_blocks(first, data)?;
-        self.rootfs.write_blocks(first, data)?;
-        let next = self.run.0 + (self.run.1.len() / 4096) as u64;
-        if self.run.1.is_empty() || next != first || self.run.1.len() + data.len() > HASH_RUN {
-            self.send()?;
-            self.run.0 = first;
-        }
-        self.run.1.extend_from_slice(data);
-        Ok(())
-    }
-}
-
-/// Writes the root filesystem through a [`TeeSink`] while another thread
-/// hashes its blocks; returns the finished hash tree.
-fn write_and_hash(
-    ext4: &Ext4Plan,
-    tree: &SourceTree,
-    disk: FileSink<'_>,
-    rootfs: FileSink<'_>,
-    mut verity: HashTreeBuilder,
-    progress: &dyn Fn(u64),
-) -> Result<HashTree, BuildError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(16);
-    std::thread::scope(|s| {
-        let hasher = s.spawn(move || {
-            for (first, data) in rx {
-                verity.update_at(first, &data)?;
-            }
-            verity.finish()
-        });
-        let mut sink = TeeSink {
-            disk,
-            rootfs,
-            hasher: tx,
-            run: (0, Vec::with_capacity(HASH_RUN)),
-        };
-        let written = ext4
-            .write(tree, &mut sink, progress)
-            .map_err(BuildError::from);
-        let sent = sink
-            .send()
-            .map_err(|_| BuildError::Internal("the dm-verity hasher stopped"));
-        drop(sink);
-        let hashed = match hasher.join() {
-            Ok(result) => result.map_err(BuildError::from),
-            Err(_) => Err(BuildError::Internal("the dm-verity hasher panicked")),
-        };
-        // The writer's error first, then the hasher's (its cause when the
-        // last run could not be sent), then the send.
-        written?;
-        let tree = hashed?;
-        sent?;
-        Ok(tree)
-    })
-}
-
-/// The root filesystem's options for an image seed: `build` and `mkfs` use
-/// this one derivation, so `mkfs` reproduces `build`'s `rootfs.ext4`.
-pub fn ext4_options(
-    seed: &Seed,
-    timestamp: i64,
-    root_owned: bool,
-    size: Option<u64>,
-) -> Ext4Options {
-    Ext4Options {
-        uuid: seed.uuid_for(purpose::EXT4_UUID),
-        hash_seed: seed.uuid_for(purpose::EXT4_HASH_SEED),
-        timestamp,
-        root_owned,
-        size,
-        label: "root".into(),
-        min_inodes: None,
-        lazy_inode_tables: false,
-    }
-}
-
 /// Logs how long each step took (`-v`).
 struct Stage(std::time::Instant);
 
@@ -325,13 +218,7 @@ pub fn build(
         by_role(Role::Root)?,
         by_role(Role::RootVerity)?,
     );
-    let (data_block_size, hash_block_size) = cfg.verity.check().map_err(BuildError::Spec)?;
-    let verity_params = TreeParams {
-        algorithm: cfg.verity.algorithm,
-        data_block_size,
-        hash_block_size,
-        salt: Salt::new(seed.bytes_for(&cfg.verity.salt_seed, 32)).map_err(BuildError::from)?,
-    };
+    let verity_params = root::verity_params(cfg, &seed)?;
     let disk_guid = seed.uuid_for(purpose::GPT_DISK);
     // A partition's unique GUID, once the root hash's halves are known.
     let unique_guid = |p: &Partition, halves: (Uuid, Uuid)| match &p.uuid {
@@ -456,30 +343,16 @@ pub fn build(
     };
 
     // 2. Plan the root filesystem, its hash tree and the partitions.
-    let tree = tree::read(&cfg.rootfs)?;
-    let ext4 = Ext4Plan::new(
-        &tree,
-        ext4_options(
-            &seed,
-            cfg.source_date_epoch,
-            cfg.root_owned,
-            fixed_size(root_def),
-        ),
-    )?;
-    let verity_uuid = seed.uuid_for(&cfg.verity.uuid_seed);
-    let verity_geometry =
-        TreeGeometry::new(&verity_params, ext4.blocks()).map_err(BuildError::from)?;
-    let verity_area = HashAreaLayout::new(0, true, verity_params.hash_block_size)
-        .and_then(|l| l.end(&verity_geometry))
-        .map_err(BuildError::from)?;
+    let root = RootPlan::new(cfg, &seed, verity_params, fixed_size(root_def))?;
+    let sizes = root.sizes();
     let specs = |halves: (Uuid, Uuid)| -> Result<Vec<PartitionSpec>, BuildError> {
         partitions
             .iter()
             .map(|p| {
                 let size = match p.role {
                     Role::Esp => esp_part.size,
-                    Role::Root => ext4.size(),
-                    Role::RootVerity => verity_area,
+                    Role::Root => sizes.root,
+                    Role::RootVerity => sizes.verity,
                     Role::Data => {
                         fixed_size(p).ok_or(BuildError::Internal("a data partition has no size"))?
                     }
@@ -520,23 +393,13 @@ pub fn build(
 
     stage.done("plan");
     // 3. The root filesystem, hashed as it is written.
-    let rootfs = staging.create(artifact::ROOTFS)?;
-    rootfs
-        .set_len(ext4.size())
-        .map_err(io_err(&cfg.out_dir.join(artifact::ROOTFS), "size"))?;
-    progress_total(ext4.size());
     // Writing and hashing the root filesystem keeps both cores busy: the
     // ESP hashing waits meanwhile, then runs beside the rootfs.ext4 digest.
     workers.pause();
-    let tree_hash = write_and_hash(
-        &ext4,
-        &tree,
-        FileSink::new(&disk, root_offset),
-        FileSink::new(&rootfs, 0),
-        HashTreeBuilder::for_blocks(verity_params.clone(), ext4.blocks())
-            .map_err(BuildError::from)?,
-        progress,
-    )?;
+    let RootWritten {
+        rootfs,
+        tree: tree_hash,
+    } = root.write(&mut staging, &disk, root_offset, progress_total, progress)?;
     workers.resume();
     let root_hash = tree_hash.root_hash().clone();
     // rootfs.ext4 is complete: digest it while the rest is built.
@@ -544,25 +407,13 @@ pub fn build(
         &rootfs,
         &cfg.out_dir.join(artifact::ROOTFS),
         artifact::ROOTFS,
-        ext4.size(),
+        sizes.root,
         workers.control(),
     )?;
 
     stage.done("root filesystem");
     // 4. The hash partition and rootfs.verity.
-    let verity_file = staging.create(artifact::VERITY)?;
-    let verity_path = cfg.out_dir.join(artifact::VERITY);
-    let mut disk_w = &disk;
-    let area = |offset| {
-        HashAreaLayout::new(offset, true, verity_params.hash_block_size).map_err(BuildError::from)
-    };
-    tree_hash
-        .write_hash_area(&mut disk_w, &area(verity_offset)?, Some(verity_uuid))
-        .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "write"))?;
-    let mut verity_w = &verity_file;
-    tree_hash
-        .write_hash_area(&mut verity_w, &area(0)?, Some(verity_uuid))
-        .map_err(io_err(&verity_path, "write"))?;
+    let verity_file = root.write_hash_area(&tree_hash, &mut staging, &disk, verity_offset)?;
 
     stage.done("hash tree");
     // 5. The command line with the root hash (it goes into the ESP once
@@ -579,9 +430,7 @@ pub fn build(
     stage.done("partition table");
     // 7. Side artifacts and the manifest.
     let initramfs = initrd.write(&mut staging)?;
-    let roothash_file = staging.create(artifact::ROOTHASH)?;
-    std::io::Write::write_all(&mut &roothash_file, format!("{root_hash}\n").as_bytes())
-        .map_err(io_err(&cfg.out_dir.join(artifact::ROOTHASH), "write"))?;
+    let roothash_file = root::write_roothash(&mut staging, &root_hash)?;
 
     stage.done("side artifacts");
     // Hashed elsewhere or zeros by construction: the ESP, the root and the
@@ -676,9 +525,7 @@ pub fn build(
         &mut staging,
         Record {
             cmdline: &cmdline,
-            verity: VerityParams::new(&verity_params, ext4.blocks())
-                .with_uuid(Some(verity_uuid))
-                .with_root_hash(Some(root_hash.clone())),
+            verity: root.verity(&root_hash),
             layout: &layout,
             esp: &esp.files,
             artifacts: &artifacts,
@@ -695,8 +542,8 @@ pub fn build(
         root_hash,
         kernel_cmdline: cmdline,
         disk_size: layout.disk_size,
-        root_size: ext4.size(),
-        verity_size: verity_area,
+        root_size: sizes.root,
+        verity_size: sizes.verity,
         artifacts,
     })
 }
