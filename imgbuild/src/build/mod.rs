@@ -27,6 +27,7 @@
 
 mod digests;
 mod error;
+mod gpt;
 mod initrd;
 mod manifest;
 mod root;
@@ -40,16 +41,16 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::fat::{self, EspFile, EspSource, EspSpec};
-use crate::gpt::{self, PartitionSpec};
 use crate::grub::{self, GrubError};
 use crate::initramfs::InitramfsSpec;
 use crate::seed::Seed;
 use crate::seed::purpose;
-use crate::spec::{self, Partition, Role, SizeRule, UuidRule, VeritySpec};
+use crate::spec::{Partition, VeritySpec};
 
 use digests::{ReadBack, Workers, finish_digest, hash_range};
 pub use error::BuildError;
 use error::io_err;
+use gpt::Table;
 use initrd::Initrd;
 use manifest::Record;
 pub use manifest::{FileDigest, GeneratedInitramfs, Manifest};
@@ -97,8 +98,9 @@ pub struct BuildConfig {
     pub bootloader: Bootloader,
     /// Extra kernel command line options.
     pub cmdline: String,
-    /// The partition table, in disk order ([`spec::resolve_partitions`]:
-    /// the ESP first, one root, one root-verity, blank data partitions).
+    /// The partition table, in disk order
+    /// ([`spec::resolve_partitions`](crate::spec::resolve_partitions): the
+    /// ESP first, one root, one root-verity, blank data partitions).
     pub partitions: Vec<Partition>,
     /// The dm-verity parameters.
     pub verity: VeritySpec,
@@ -198,55 +200,16 @@ pub fn build(
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
     let mut staging = Staging::new(&cfg.out_dir);
 
-    // The partition table: checked again here (a library caller may not
-    // have gone through ImageSpec), then used by role.
-    let partitions = spec::resolve_partitions(
-        &cfg.partitions
-            .iter()
-            .map(Partition::to_def)
-            .collect::<Vec<_>>(),
-    )
-    .map_err(BuildError::Spec)?;
-    let by_role = |role: Role| {
-        partitions
-            .iter()
-            .find(|p| p.role == role)
-            .ok_or(BuildError::Internal("a checked table lacks a role"))
-    };
-    let (esp_def, root_def, verity_def) = (
-        by_role(Role::Esp)?,
-        by_role(Role::Root)?,
-        by_role(Role::RootVerity)?,
-    );
+    let table = Table::resolve(cfg, seed)?;
     let verity_params = root::verity_params(cfg, &seed)?;
-    let disk_guid = seed.uuid_for(purpose::GPT_DISK);
-    // A partition's unique GUID, once the root hash's halves are known.
-    let unique_guid = |p: &Partition, halves: (Uuid, Uuid)| match &p.uuid {
-        UuidRule::Seed(label) => seed.uuid_for(label),
-        UuidRule::Fixed(u) => *u,
-        UuidRule::RootHashFirstHalf => halves.0,
-        UuidRule::RootHashLastHalf => halves.1,
-    };
-    let fixed_size = |p: &Partition| match p.size {
-        SizeRule::Fixed(n) => Some(n),
-        SizeRule::Auto => None,
-    };
     // 1. The ESP, first and on another thread. Only grub.cfg (and a GRUB
     // image embedding it) depends on the root hash: room of their final
     // size is reserved at the end of the filesystem, so everything before
     // it is written while the tree is scanned, and hashed then and beside
     // the rootfs.ext4 digest. The ESP is the first partition: its place
     // does not depend on the others' sizes.
-    let esp_part = PartitionSpec {
-        name: esp_def.label.clone(),
-        type_guid: esp_def.type_guid,
-        unique_guid: unique_guid(esp_def, (Uuid::nil(), Uuid::nil())),
-        size: fixed_size(esp_def).ok_or(BuildError::Internal("the ESP has no size"))?,
-    };
-    let (esp_offset, esp_size) = gpt::plan_layout(disk_guid, std::slice::from_ref(&esp_part))?
-        .partition(&esp_def.label)
-        .map(|p| (p.offset, p.size))
-        .ok_or(BuildError::Internal("no ESP planned"))?;
+    let esp_place = table.plan_esp()?;
+    let (esp_offset, esp_size) = (esp_place.offset, esp_place.size);
     let disk = staging.create(artifact::DISK)?;
     // Long enough for the ESP now (so that writing it never changes the
     // length); the full length once the root filesystem is planned.
@@ -343,52 +306,11 @@ pub fn build(
     };
 
     // 2. Plan the root filesystem, its hash tree and the partitions.
-    let root = RootPlan::new(cfg, &seed, verity_params, fixed_size(root_def))?;
+    let root = RootPlan::new(cfg, &seed, verity_params, table.root_size())?;
     let sizes = root.sizes();
-    let specs = |halves: (Uuid, Uuid)| -> Result<Vec<PartitionSpec>, BuildError> {
-        partitions
-            .iter()
-            .map(|p| {
-                let size = match p.role {
-                    Role::Esp => esp_part.size,
-                    Role::Root => sizes.root,
-                    Role::RootVerity => sizes.verity,
-                    Role::Data => {
-                        fixed_size(p).ok_or(BuildError::Internal("a data partition has no size"))?
-                    }
-                };
-                Ok(PartitionSpec {
-                    name: p.label.clone(),
-                    type_guid: p.type_guid,
-                    unique_guid: unique_guid(p, halves),
-                    size,
-                })
-            })
-            .collect()
-    };
-    // Offsets do not depend on the GUIDs; placeholders until the root hash
-    // is known.
-    let layout = gpt::plan_layout(
-        disk_guid,
-        &specs((
-            seed.uuid_for(purpose::GPT_ROOT_PLACEHOLDER),
-            seed.uuid_for(purpose::GPT_VERITY_PLACEHOLDER),
-        ))?,
-    )?;
-    let part = |name: &str| {
-        layout
-            .partition(name)
-            .map(|p| (p.offset, p.size))
-            .ok_or(BuildError::Internal(
-                "a partition of the table was not planned",
-            ))
-    };
-    if part(&esp_def.label)? != (esp_offset, esp_size) {
-        return Err(BuildError::Internal("the ESP moved"));
-    }
-    let (root_offset, _) = part(&root_def.label)?;
-    let (verity_offset, _) = part(&verity_def.label)?;
-    disk.set_len(layout.disk_size)
+    let places = table.plan(esp_place, sizes)?;
+    let (root_offset, verity_offset) = (places.root_offset, places.verity_offset);
+    disk.set_len(places.disk_size)
         .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
 
     stage.done("plan");
@@ -423,9 +345,7 @@ pub fn build(
     let boot = build_grub(&grub_cfg)?;
 
     // 6. The partition table, with the GUIDs from the root hash.
-    let halves = gpt::verity_partition_uuids(tree_hash.root_hash().as_bytes());
-    let layout = gpt::plan_layout(disk_guid, &specs(halves)?)?;
-    gpt::write_gpt(&disk, &layout)?;
+    let layout = table.write(&disk, sizes, &root_hash)?;
 
     stage.done("partition table");
     // 7. Side artifacts and the manifest.
@@ -433,22 +353,11 @@ pub fn build(
     let roothash_file = root::write_roothash(&mut staging, &root_hash)?;
 
     stage.done("side artifacts");
-    // Hashed elsewhere or zeros by construction: the ESP, the root and the
-    // blank data partitions.
-    let hashed_elsewhere: Vec<&str> = partitions
-        .iter()
-        .filter(|p| p.role != Role::RootVerity)
-        .map(|p| p.label.as_str())
-        .collect();
     let read_back = digests::read_back(
         &cfg.out_dir,
         ReadBack {
             disk: &disk,
-            partitions: layout
-                .partitions
-                .iter()
-                .filter(|p| !hashed_elsewhere.contains(&p.name.as_str()))
-                .collect(),
+            partitions: table.read_back(&layout),
             verity: &verity_file,
             roothash: &roothash_file,
             initramfs: &initramfs,
@@ -517,7 +426,7 @@ pub fn build(
         read_back,
         esp_digest,
         rootfs_digest,
-        layout.partition(&root_def.label).map(|p| p.number),
+        table.root_number(&layout),
     )?;
     stage.done("digests");
     manifest::write(
