@@ -27,6 +27,7 @@
 
 mod digests;
 mod error;
+mod esp;
 mod gpt;
 mod initrd;
 mod manifest;
@@ -37,19 +38,17 @@ use std::path::PathBuf;
 
 use cocos_measure::verity::RootHash;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::fat::{self, EspFile, EspSource, EspSpec};
 use crate::grub::{self, GrubError};
 use crate::initramfs::InitramfsSpec;
 use crate::seed::Seed;
-use crate::seed::purpose;
 use crate::spec::{Partition, VeritySpec};
 
-use digests::{ReadBack, Workers, finish_digest, hash_range};
+use digests::{ReadBack, Workers};
 pub use error::BuildError;
 use error::io_err;
+use esp::EarlyEsp;
 use gpt::Table;
 use initrd::Initrd;
 use manifest::Record;
@@ -209,101 +208,22 @@ pub fn build(
     // the rootfs.ext4 digest. The ESP is the first partition: its place
     // does not depend on the others' sizes.
     let esp_place = table.plan_esp()?;
-    let (esp_offset, esp_size) = (esp_place.offset, esp_place.size);
     let disk = staging.create(artifact::DISK)?;
     // Long enough for the ESP now (so that writing it never changes the
     // length); the full length once the root filesystem is planned.
-    disk.set_len(esp_offset + esp_size)
+    disk.set_len(esp_place.offset + esp_place.size)
         .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
     // The workers below stop early if the build fails and returns.
     let workers = Workers::default();
-    let esp_name = format!("{}#{}", artifact::DISK, 1);
-    let placeholder_hash = "0".repeat(2 * verity_params.algorithm.digest_size());
-    let placeholder_cfg = grub::config(&grub::kernel_cmdline(&placeholder_hash, &cfg.cmdline));
-    let grub_work = match &cfg.bootloader {
-        Bootloader::Prebuilt(_) => None,
-        Bootloader::Grub { .. } => Some(
-            tempfile::tempdir_in(&cfg.out_dir)
-                .map_err(io_err(&cfg.out_dir, "create a temporary directory in"))?,
-        ),
-    };
-    let build_grub = |config: &str| -> Result<Option<Vec<u8>>, BuildError> {
-        match (&cfg.bootloader, &grub_work) {
-            (
-                Bootloader::Grub {
-                    modules,
-                    modules_dir,
-                },
-                Some(work),
-            ) => Ok(Some(grub::mkimage(
-                config,
-                modules,
-                modules_dir,
-                work.path(),
-            )?)),
-            _ => Ok(None),
-        }
-    };
-    let initrd_source = initrd.esp_source();
-    let esp_spec = |bootloader: EspSource, grub_cfg: EspSource| EspSpec {
-        size: esp_size,
-        volume_id: seed.u32_for(purpose::ESP_VOLUME_ID),
-        label: "ESP".into(),
-        timestamp: cfg.source_date_epoch,
-        files: vec![
-            EspFile {
-                path: grub::BOOTLOADER_PATH.into(),
-                source: bootloader,
-            },
-            EspFile {
-                path: grub::CONFIG_PATH.into(),
-                source: grub_cfg,
-            },
-            EspFile {
-                path: grub::KERNEL_PATH.into(),
-                source: EspSource::File(cfg.kernel.clone()),
-            },
-            EspFile {
-                path: grub::INITRD_PATH.into(),
-                source: initrd_source.clone(),
-            },
-        ],
-    };
-    let placeholder_boot = build_grub(&placeholder_cfg)?;
-    let early_spec = esp_spec(
-        match (&cfg.bootloader, &placeholder_boot) {
-            (_, Some(image)) => EspSource::Reserved(image.len() as u64),
-            (Bootloader::Prebuilt(path), None) => EspSource::File(path.clone()),
-            (Bootloader::Grub { .. }, None) => {
-                return Err(BuildError::Internal("GRUB was not built"));
-            }
-        },
-        EspSource::Reserved(placeholder_cfg.len() as u64),
-    );
-    let early_esp = {
-        let file = disk
-            .try_clone()
-            .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "reopen"))?;
-        let (control, name) = (workers.control(), esp_name.clone());
-        std::thread::spawn(move || -> Result<(fat::EspReport, Sha256), BuildError> {
-            let started = std::time::Instant::now();
-            let report = fat::write_esp(&file, esp_offset, &early_spec)?;
-            let mut h = Sha256::new();
-            hash_range(
-                &mut h,
-                &file,
-                &name,
-                esp_offset,
-                report.reserved_start(),
-                &control,
-            )?;
-            tracing::debug!(
-                "ESP written and hashed up to its reserved files (on a thread): {:.0?}",
-                started.elapsed()
-            );
-            Ok((report, h))
-        })
-    };
+    let esp = EarlyEsp::start(
+        cfg,
+        &seed,
+        &disk,
+        esp_place,
+        &initrd,
+        &verity_params,
+        workers.control(),
+    )?;
 
     // 2. Plan the root filesystem, its hash tree and the partitions.
     let root = RootPlan::new(cfg, &seed, verity_params, table.root_size())?;
@@ -340,9 +260,7 @@ pub fn build(
     stage.done("hash tree");
     // 5. The command line with the root hash (it goes into the ESP once
     // the ESP thread is done).
-    let cmdline = grub::kernel_cmdline(&root_hash.to_hex(), &cfg.cmdline);
-    let grub_cfg = grub::config(&cmdline);
-    let boot = build_grub(&grub_cfg)?;
+    let boot = esp.boot_files(&root_hash)?;
 
     // 6. The partition table, with the GUIDs from the root hash.
     let layout = table.write(&disk, sizes, &root_hash)?;
@@ -365,66 +283,10 @@ pub fn build(
         },
     )?;
     // The ESP: fill the reserved room, hash the rest.
-    let (mut esp, mut esp_hash) = early_esp
-        .join()
-        .map_err(|_| BuildError::Internal("the ESP writer panicked"))??;
-    let same_size = grub_cfg.len() == placeholder_cfg.len()
-        && boot.as_ref().map(Vec::len) == placeholder_boot.as_ref().map(Vec::len);
-    if same_size {
-        fat::fill_reserved(
-            &disk,
-            esp_offset,
-            &mut esp,
-            grub::CONFIG_PATH,
-            grub_cfg.as_bytes(),
-        )?;
-        if let Some(image) = &boot {
-            fat::fill_reserved(&disk, esp_offset, &mut esp, grub::BOOTLOADER_PATH, image)?;
-        }
-        let start = esp.reserved_start();
-        hash_range(
-            &mut esp_hash,
-            &disk,
-            &esp_name,
-            esp_offset + start,
-            esp_size - start,
-            &workers.control(),
-        )?;
-    } else {
-        // Not expected: the placeholder has the root hash's length, and
-        // grub-mkimage's output size depends on the configuration's
-        // length only. Write the whole ESP again with the final content.
-        tracing::debug!("reserved ESP room does not fit; writing the ESP again");
-        let bootloader = match (&cfg.bootloader, boot) {
-            (_, Some(image)) => EspSource::Bytes(image),
-            (Bootloader::Prebuilt(path), None) => EspSource::File(path.clone()),
-            (Bootloader::Grub { .. }, None) => {
-                return Err(BuildError::Internal("GRUB was not built"));
-            }
-        };
-        esp = fat::write_esp(
-            &disk,
-            esp_offset,
-            &esp_spec(bootloader, EspSource::Bytes(grub_cfg.clone().into_bytes())),
-        )?;
-        esp_hash = Sha256::new();
-        hash_range(
-            &mut esp_hash,
-            &disk,
-            &esp_name,
-            esp_offset,
-            esp_size,
-            &workers.control(),
-        )?;
-    }
-    if esp.files.iter().any(|f| f.sha256.is_empty()) {
-        return Err(BuildError::Internal("a reserved ESP file was not filled"));
-    }
-    let esp_digest = finish_digest(&esp_name, esp_size, esp_hash);
-    drop(grub_work);
+    let esp = esp.finish(&disk, &boot)?;
     let artifacts = digests::collect(
         read_back,
-        esp_digest,
+        esp.digest,
         rootfs_digest,
         table.root_number(&layout),
     )?;
@@ -433,7 +295,7 @@ pub fn build(
         cfg,
         &mut staging,
         Record {
-            cmdline: &cmdline,
+            cmdline: &boot.cmdline,
             verity: root.verity(&root_hash),
             layout: &layout,
             esp: &esp.files,
@@ -449,7 +311,7 @@ pub fn build(
     Ok(BuildSummary {
         out_dir: cfg.out_dir.clone(),
         root_hash,
-        kernel_cmdline: cmdline,
+        kernel_cmdline: boot.cmdline,
         disk_size: layout.disk_size,
         root_size: sizes.root,
         verity_size: sizes.verity,
