@@ -14,34 +14,18 @@ use cocos_formats::sparse::{self, Segment};
 use sha2::{Digest, Sha256};
 
 use super::error::{BuildError, io_err};
+use super::staging::Staging;
 use super::{FileDigest, artifact};
 use crate::gpt::PlacedPartition;
 
 /// A digest computed on another thread.
 pub(super) type DigestThread = JoinHandle<Result<FileDigest, BuildError>>;
 
-/// Starts the digest of the first `len` bytes of `file` (artifact `name`,
-/// at `path`) on another thread, which `control` pauses or stops.
-pub(super) fn in_background(
-    file: &File,
-    path: &Path,
-    name: &'static str,
-    len: u64,
-    control: Arc<Control>,
-) -> Result<DigestThread, BuildError> {
-    let file = file.try_clone().map_err(io_err(path, "reopen"))?;
-    Ok(std::thread::spawn(move || {
-        let mut h = Sha256::new();
-        hash_range(&mut h, &file, name, 0, len, &control)?;
-        Ok::<_, BuildError>(finish_digest(name, len, h))
-    }))
-}
-
-/// What is left to digest by reading it back once everything is written.
-/// Partition 1 (the ESP) is hashed by its own step; partition 2 holds
-/// exactly `rootfs.ext4`'s bytes, so it is hashed once; the `cocos`
-/// partition is zeros by construction (no need to read 20 GiB of them).
-pub(super) struct ReadBack<'a> {
+/// What is left to read back once everything is written. Partition 1 (the
+/// ESP) is hashed by its own step; partition 2 holds exactly
+/// `rootfs.ext4`'s bytes, so it is hashed once; the `cocos` partition is
+/// zeros by construction (no need to read 20 GiB of them).
+pub(super) struct Pending<'a> {
     /// `disk.img`.
     pub disk: &'a File,
     /// Its partitions to read back (the hash partition).
@@ -57,35 +41,34 @@ pub(super) struct ReadBack<'a> {
     pub initramfs_digest: Option<FileDigest>,
 }
 
-/// The digests of everything in `files`, computed in parallel; their
-/// errors name the files in `out_dir`.
-pub(super) fn read_back(
-    out_dir: &Path,
-    files: ReadBack<'_>,
-) -> Result<Vec<FileDigest>, BuildError> {
-    let mut ranges: Vec<(String, &File, u64, u64)> = files
+/// The digests read back, waiting for the ESP's and `rootfs.ext4`'s.
+pub(super) struct ReadBack(Vec<FileDigest>);
+
+/// Reads back everything `pending` lists, in parallel.
+pub(super) fn read_back(staging: &Staging, pending: Pending<'_>) -> Result<ReadBack, BuildError> {
+    let mut ranges: Vec<(String, &File, u64, u64)> = pending
         .partitions
         .iter()
         .map(|p| {
             (
                 format!("{}#{}", artifact::DISK, p.number),
-                files.disk,
+                pending.disk,
                 p.offset,
                 p.size,
             )
         })
         .collect();
     let mut whole = vec![
-        (artifact::VERITY, files.verity),
-        (artifact::ROOTHASH, files.roothash),
+        (artifact::VERITY, pending.verity),
+        (artifact::ROOTHASH, pending.roothash),
     ];
-    if files.initramfs_digest.is_none() {
-        whole.push((artifact::INITRAMFS, files.initramfs));
+    if pending.initramfs_digest.is_none() {
+        whole.push((artifact::INITRAMFS, pending.initramfs));
     }
     for (name, file) in whole {
         let len = file
             .metadata()
-            .map_err(io_err(&out_dir.join(name), "stat"))?
+            .map_err(io_err(&staging.path(name), "stat"))?
             .len();
         ranges.push((name.to_owned(), file, 0, len));
     }
@@ -96,33 +79,36 @@ pub(super) fn read_back(
             .map(|(name, file, offset, len)| digest_range(file, name, *offset, *len))
             .collect::<Result<Vec<_>, _>>()?
     };
-    artifacts.extend(files.initramfs_digest);
-    Ok(artifacts)
+    artifacts.extend(pending.initramfs_digest);
+    Ok(ReadBack(artifacts))
 }
 
-/// Every artifact's digest, sorted by path: `artifacts` read back, the
-/// ESP's, `rootfs.ext4`'s once its thread is done, and the root partition
-/// (number `root_partition`) under the same digest as `rootfs.ext4`, whose
-/// bytes it holds.
-pub(super) fn collect(
-    mut artifacts: Vec<FileDigest>,
-    esp: FileDigest,
-    rootfs: DigestThread,
-    root_partition: Option<u32>,
-) -> Result<Vec<FileDigest>, BuildError> {
-    artifacts.push(esp);
-    let rootfs = rootfs
-        .join()
-        .map_err(|_| BuildError::Internal("the rootfs.ext4 digest panicked"))??;
-    if let Some(number) = root_partition {
-        artifacts.push(FileDigest {
-            path: format!("{}#{}", artifact::DISK, number),
-            ..rootfs.clone()
-        });
+impl ReadBack {
+    /// Every artifact's digest, sorted by path: those read back, the
+    /// ESP's, `rootfs.ext4`'s once its thread is done, and the root
+    /// partition's (number `root_partition`; the same bytes as
+    /// `rootfs.ext4`).
+    pub(super) fn finish(
+        self,
+        esp: FileDigest,
+        rootfs: DigestThread,
+        root_partition: Option<u32>,
+    ) -> Result<Vec<FileDigest>, BuildError> {
+        let mut artifacts = self.0;
+        artifacts.push(esp);
+        let rootfs = rootfs
+            .join()
+            .map_err(|_| BuildError::Internal("the rootfs.ext4 digest panicked"))??;
+        if let Some(number) = root_partition {
+            artifacts.push(FileDigest {
+                path: format!("{}#{}", artifact::DISK, number),
+                ..rootfs.clone()
+            });
+        }
+        artifacts.push(rootfs);
+        artifacts.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(artifacts)
     }
-    artifacts.push(rootfs);
-    artifacts.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(artifacts)
 }
 
 /// SHA-256 of `len` bytes of `file` from `offset`.
@@ -239,6 +225,26 @@ impl Workers {
     /// Lets paused workers go on.
     pub(super) fn resume(&self) {
         self.0.set_paused(false);
+    }
+
+    /// Starts the digest of the first `len` bytes of `file`, artifact
+    /// `name`, on a worker thread.
+    pub(super) fn digest(
+        &self,
+        file: &File,
+        staging: &Staging,
+        name: &'static str,
+        len: u64,
+    ) -> Result<DigestThread, BuildError> {
+        let file = file
+            .try_clone()
+            .map_err(io_err(&staging.path(name), "reopen"))?;
+        let control = self.control();
+        Ok(std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            hash_range(&mut h, &file, name, 0, len, &control)?;
+            Ok::<_, BuildError>(finish_digest(name, len, h))
+        }))
     }
 }
 

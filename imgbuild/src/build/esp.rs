@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use cocos_measure::verity::{RootHash, TreeParams};
+use cocos_measure::verity::RootHash;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -63,20 +63,20 @@ pub(super) struct EarlyEsp<'a> {
 }
 
 impl<'a> EarlyEsp<'a> {
-    /// Builds GRUB with a placeholder configuration (a root hash of
-    /// `verity`'s digest size), then starts writing the ESP into `disk` at
-    /// `place` on another thread, which `control` pauses or stops.
+    /// Builds GRUB with a placeholder configuration (a root hash of the
+    /// configured algorithm's size), then starts writing the ESP into
+    /// `disk` at `place` on another thread, which `control` pauses or
+    /// stops.
     pub(super) fn start(
         cfg: &'a BuildConfig,
         seed: &Seed,
         disk: &File,
         place: EspPlace,
         initrd: &Initrd,
-        verity: &TreeParams,
         control: Arc<Control>,
     ) -> Result<Self, BuildError> {
         let name = format!("{}#{}", artifact::DISK, 1);
-        let placeholder_hash = "0".repeat(2 * verity.algorithm.digest_size());
+        let placeholder_hash = "0".repeat(2 * cfg.verity.algorithm.digest_size());
         let placeholder_cfg = grub::config(&grub::kernel_cmdline(&placeholder_hash, &cfg.cmdline));
         let grub = Grub::new(cfg)?;
         let content = Content {

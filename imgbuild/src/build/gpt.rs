@@ -26,13 +26,20 @@ pub(super) struct EspPlace {
     pub size: u64,
 }
 
+impl EspPlace {
+    /// The byte after its end.
+    pub(super) fn end(&self) -> u64 {
+        self.offset + self.size
+    }
+}
+
 /// Where the root and hash partitions lie in `disk.img`, and its size.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Places {
     /// Byte offset of the root partition.
-    pub root_offset: u64,
+    pub root: u64,
     /// Byte offset of the hash partition.
-    pub verity_offset: u64,
+    pub verity: u64,
     /// Size of the disk.
     pub disk_size: u64,
 }
@@ -139,8 +146,8 @@ impl Table {
         let (root_offset, _) = part(&self.root.label)?;
         let (verity_offset, _) = part(&self.root_verity.label)?;
         Ok(Places {
-            root_offset,
-            verity_offset,
+            root: root_offset,
+            verity: verity_offset,
             disk_size: layout.disk_size,
         })
     }

@@ -11,7 +11,7 @@ use super::digests::digest_range;
 use super::error::{BuildError, io_err};
 use super::initrd::Initrd;
 use super::staging::Staging;
-use super::{BuildConfig, artifact};
+use super::{BuildConfig, BuildSummary, artifact};
 use crate::fat;
 use crate::gpt;
 use crate::initramfs::InitramfsSummary;
@@ -72,16 +72,14 @@ pub struct Manifest {
 
 /// What the manifest records from the build, besides its configuration.
 pub(super) struct Record<'a> {
-    /// The kernel command line.
-    pub cmdline: &'a str,
+    /// The command line, the root hash and every artifact's digest.
+    pub summary: &'a BuildSummary,
     /// The dm-verity parameters, root hash included.
     pub verity: VerityParams,
     /// The final partition table.
     pub layout: &'a gpt::DiskLayout,
     /// The files on the ESP.
     pub esp: &'a [fat::EspEntry],
-    /// Every artifact's digest.
-    pub artifacts: &'a [FileDigest],
     /// The initramfs.
     pub initrd: &'a Initrd,
 }
@@ -96,11 +94,11 @@ pub(super) fn write(
         tool: format!("cocos-imgbuild {}", env!("CARGO_PKG_VERSION")),
         source_date_epoch: cfg.source_date_epoch,
         seed: cfg.seed,
-        kernel_cmdline: record.cmdline.to_owned(),
+        kernel_cmdline: record.summary.kernel_cmdline.clone(),
         verity: record.verity,
         partitions: record.layout.clone(),
         esp: record.esp.to_vec(),
-        artifacts: record.artifacts.to_vec(),
+        artifacts: record.summary.artifacts.clone(),
         inputs: inputs(cfg, record.initrd)?,
         initramfs: record
             .initrd

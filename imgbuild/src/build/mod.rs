@@ -1,29 +1,36 @@
-//! `cocos-imgbuild build`: the pipeline as one readable sequence.
+//! `cocos-imgbuild build`: the pipeline as one readable sequence of steps,
+//! each in its own module; [`build`] calls them in order and passes what
+//! each one made to the next.
 //!
-//! 1. Write the FAT ESP into partition 1 of `disk.img` on another thread,
-//!    with room reserved at its end for the files that depend on the root
-//!    hash (`grub.cfg`, and GRUB when it embeds that configuration), and
-//!    start hashing the bytes before that room.
-//! 2. Scan the root tree and plan its ext4 filesystem (sizes known, nothing
-//!    written yet); plan the partitions.
-//! 3. Write the ext4 blocks straight into partition 2 of `disk.img` and into
-//!    `rootfs.ext4`, hashing each block for dm-verity as it is written (the
-//!    ESP hashing waits meanwhile); start the `rootfs.ext4` digest.
-//! 4. Write the verity superblock and tree into partition 3 and
+//! 0. `initrd`: the initramfs is either a prebuilt file or generated first
+//!    (before any output is written, so a missing module fails fast) by
+//!    [`crate::initramfs`] with the build's SOURCE_DATE_EPOCH; either way
+//!    it becomes `rootfs.cpio.gz` and the ESP's `initrd.cpio.gz`.
+//! 1. `esp`: write the FAT ESP into partition 1 of `disk.img` on another
+//!    thread, with room reserved at its end for the files that depend on
+//!    the root hash (`grub.cfg`, and GRUB when it embeds that
+//!    configuration), and start hashing the bytes before that room.
+//! 2. `root`: scan the root tree and plan its ext4 filesystem (sizes known,
+//!    nothing written yet); `gpt`: plan the partitions, with placeholder
+//!    GUIDs.
+//! 3. `root`: write the ext4 blocks straight into partition 2 of `disk.img`
+//!    and into `rootfs.ext4`, hashing each block for dm-verity as it is
+//!    written (the ESP hashing waits meanwhile); `digests`: start the
+//!    `rootfs.ext4` digest.
+//! 4. `root`: write the verity superblock and tree into partition 3 and
 //!    `rootfs.verity`.
-//! 5. Put the root hash on the kernel command line and build GRUB with that
-//!    configuration embedded.
-//! 6. Write the GPT, whose root and verity GUIDs come from the root hash.
-//! 7. Fill the ESP's reserved room, finish every digest, write
-//!    `manifest.json`, then move every artifact into place.
+//! 5. `esp`: put the root hash on the kernel command line and build GRUB
+//!    with that configuration embedded.
+//! 6. `gpt`: write the GPT, whose root and verity GUIDs come from the root
+//!    hash.
+//! 7. Write `rootfs.cpio.gz` and `rootfs.roothash`; `digests`: read back
+//!    in parallel what nothing has hashed yet; `esp`: fill the reserved
+//!    room and finish the ESP's digest; `manifest`: write `manifest.json`;
+//!    then move every artifact into place.
 //!
-//! The initramfs is either a prebuilt file or generated first (before any
-//! output is written, so a missing module fails fast) by
-//! [`crate::initramfs`] with the build's SOURCE_DATE_EPOCH; either way it
-//! becomes `rootfs.cpio.gz` and the ESP's `initrd.cpio.gz`.
-//!
-//! Everything goes to temporary names in the output directory first; on
-//! failure they are removed, so no partial `disk.img` looks complete.
+//! Everything goes to temporary names in the output directory first
+//! (`staging`); on failure they are removed, so no partial `disk.img` looks
+//! complete. `error` holds [`BuildError`].
 
 mod digests;
 mod error;
@@ -45,16 +52,15 @@ use crate::initramfs::InitramfsSpec;
 use crate::seed::Seed;
 use crate::spec::{Partition, VeritySpec};
 
-use digests::{ReadBack, Workers};
+use digests::{Pending, Workers};
 pub use error::BuildError;
-use error::io_err;
 use esp::EarlyEsp;
 use gpt::Table;
 use initrd::Initrd;
 use manifest::Record;
 pub use manifest::{FileDigest, GeneratedInitramfs, Manifest};
+use root::RootPlan;
 pub use root::ext4_options;
-use root::{RootPlan, RootWritten};
 use staging::Staging;
 
 /// Where the initramfs comes from.
@@ -160,14 +166,11 @@ impl Stage {
     }
 }
 
-/// Runs the whole build. `progress` is told the total bytes to write, then
-/// the bytes written.
-pub fn build(
-    cfg: &BuildConfig,
-    progress_total: &dyn Fn(u64),
-    progress: &dyn Fn(u64),
-) -> Result<BuildSummary, BuildError> {
-    let seed = Seed::new(cfg.seed);
+/// Checks, before anything is written, that the inputs exist and that the
+/// extra command line is one GRUB keeps as it is (one it would rewrite
+/// would boot with something else than what the manifest and inspect
+/// report).
+fn check_inputs(cfg: &BuildConfig) -> Result<(), BuildError> {
     let mut required = vec![(&cfg.rootfs, "root tree"), (&cfg.kernel, "kernel")];
     match &cfg.initramfs {
         InitramfsSource::File(path) => required.push((path, "initramfs")),
@@ -181,8 +184,6 @@ pub fn build(
             });
         }
     }
-    // A command line GRUB would rewrite would boot with something else than
-    // what the manifest and inspect report: refuse it before writing.
     grub::check_cmdline_text(&cfg.cmdline).map_err(GrubError::from)?;
     if let Bootloader::Prebuilt(path) = &cfg.bootloader {
         if !path.exists() {
@@ -192,129 +193,92 @@ pub fn build(
             });
         }
     }
-    let mut stage = Stage::new();
-    // 0. A generated initramfs, first: its inputs are the likeliest to be
-    // wrong (module names), and nothing is written yet.
-    let initrd = Initrd::prepare(cfg, &mut stage)?;
-    std::fs::create_dir_all(&cfg.out_dir).map_err(io_err(&cfg.out_dir, "create"))?;
-    let mut staging = Staging::new(&cfg.out_dir);
+    Ok(())
+}
 
+/// Runs the whole build. `progress` is told the total bytes to write, then
+/// the bytes written.
+pub fn build(
+    cfg: &BuildConfig,
+    progress_total: &dyn Fn(u64),
+    progress: &dyn Fn(u64),
+) -> Result<BuildSummary, BuildError> {
+    let seed = Seed::new(cfg.seed);
+    check_inputs(cfg)?;
+    let mut stage = Stage::new();
+    // 0. The initramfs first: its inputs are the likeliest to be wrong.
+    let initrd = Initrd::prepare(cfg, &mut stage)?;
+    let mut staging = Staging::in_dir(&cfg.out_dir)?;
     let table = Table::resolve(cfg, seed)?;
     let verity_params = root::verity_params(cfg, &seed)?;
-    // 1. The ESP, first and on another thread. Only grub.cfg (and a GRUB
-    // image embedding it) depends on the root hash: room of their final
-    // size is reserved at the end of the filesystem, so everything before
-    // it is written while the tree is scanned, and hashed then and beside
-    // the rootfs.ext4 digest. The ESP is the first partition: its place
-    // does not depend on the others' sizes.
+
+    // 1. The ESP, on another thread (the workers stop if the build fails).
     let esp_place = table.plan_esp()?;
-    let disk = staging.create(artifact::DISK)?;
-    // Long enough for the ESP now (so that writing it never changes the
-    // length); the full length once the root filesystem is planned.
-    disk.set_len(esp_place.offset + esp_place.size)
-        .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
-    // The workers below stop early if the build fails and returns.
+    let disk = staging.create_sized(artifact::DISK, esp_place.end())?;
     let workers = Workers::default();
-    let esp = EarlyEsp::start(
-        cfg,
-        &seed,
-        &disk,
-        esp_place,
-        &initrd,
-        &verity_params,
-        workers.control(),
-    )?;
+    let esp = EarlyEsp::start(cfg, &seed, &disk, esp_place, &initrd, workers.control())?;
 
     // 2. Plan the root filesystem, its hash tree and the partitions.
     let root = RootPlan::new(cfg, &seed, verity_params, table.root_size())?;
     let sizes = root.sizes();
     let places = table.plan(esp_place, sizes)?;
-    let (root_offset, verity_offset) = (places.root_offset, places.verity_offset);
-    disk.set_len(places.disk_size)
-        .map_err(io_err(&cfg.out_dir.join(artifact::DISK), "size"))?;
-
+    staging.set_len(&disk, artifact::DISK, places.disk_size)?;
     stage.done("plan");
-    // 3. The root filesystem, hashed as it is written.
-    // Writing and hashing the root filesystem keeps both cores busy: the
-    // ESP hashing waits meanwhile, then runs beside the rootfs.ext4 digest.
+
+    // 3. The root filesystem, hashed as it is written (both cores busy: the
+    // ESP hashing waits meanwhile, then runs beside the rootfs.ext4 digest).
     workers.pause();
-    let RootWritten {
-        rootfs,
-        tree: tree_hash,
-    } = root.write(&mut staging, &disk, root_offset, progress_total, progress)?;
+    let written = root.write(&mut staging, &disk, places.root, progress_total, progress)?;
     workers.resume();
-    let root_hash = tree_hash.root_hash().clone();
-    // rootfs.ext4 is complete: digest it while the rest is built.
-    let rootfs_digest = digests::in_background(
-        &rootfs,
-        &cfg.out_dir.join(artifact::ROOTFS),
-        artifact::ROOTFS,
-        sizes.root,
-        workers.control(),
-    )?;
-
+    let root_hash = written.tree.root_hash().clone();
+    let rootfs_digest = workers.digest(&written.rootfs, &staging, artifact::ROOTFS, sizes.root)?;
     stage.done("root filesystem");
-    // 4. The hash partition and rootfs.verity.
-    let verity_file = root.write_hash_area(&tree_hash, &mut staging, &disk, verity_offset)?;
 
+    // 4. The hash partition and rootfs.verity.
+    let verity = root.write_hash_area(&written.tree, &mut staging, &disk, places.verity)?;
     stage.done("hash tree");
-    // 5. The command line with the root hash (it goes into the ESP once
-    // the ESP thread is done).
+
+    // 5. The command line with the root hash, and GRUB embedding it.
     let boot = esp.boot_files(&root_hash)?;
 
     // 6. The partition table, with the GUIDs from the root hash.
     let layout = table.write(&disk, sizes, &root_hash)?;
-
     stage.done("partition table");
-    // 7. Side artifacts and the manifest.
+
+    // 7. The side artifacts; every digest (the ESP's reserved room filled
+    // last); manifest.json; then every artifact moved into place.
     let initramfs = initrd.write(&mut staging)?;
-    let roothash_file = root::write_roothash(&mut staging, &root_hash)?;
-
+    let roothash = root::write_roothash(&mut staging, &root_hash)?;
     stage.done("side artifacts");
-    let read_back = digests::read_back(
-        &cfg.out_dir,
-        ReadBack {
-            disk: &disk,
-            partitions: table.read_back(&layout),
-            verity: &verity_file,
-            roothash: &roothash_file,
-            initramfs: &initramfs,
-            initramfs_digest: initrd.digest(),
-        },
-    )?;
-    // The ESP: fill the reserved room, hash the rest.
+    let pending = Pending {
+        disk: &disk,
+        partitions: table.read_back(&layout),
+        verity: &verity,
+        roothash: &roothash,
+        initramfs: &initramfs,
+        initramfs_digest: initrd.digest(),
+    };
+    let read_back = digests::read_back(&staging, pending)?;
     let esp = esp.finish(&disk, &boot)?;
-    let artifacts = digests::collect(
-        read_back,
-        esp.digest,
-        rootfs_digest,
-        table.root_number(&layout),
-    )?;
-    stage.done("digests");
-    manifest::write(
-        cfg,
-        &mut staging,
-        Record {
-            cmdline: &boot.cmdline,
-            verity: root.verity(&root_hash),
-            layout: &layout,
-            esp: &esp.files,
-            artifacts: &artifacts,
-            initrd: &initrd,
-        },
-    )?;
-    // Renamed into place only when complete; not fsynced (like the tools it
-    // replaces), so a machine crash right after a build may need a rebuild.
-    staging.commit()?;
-    stage.done("manifest");
-
-    Ok(BuildSummary {
+    let summary = BuildSummary {
         out_dir: cfg.out_dir.clone(),
         root_hash,
         kernel_cmdline: boot.cmdline,
         disk_size: layout.disk_size,
         root_size: sizes.root,
         verity_size: sizes.verity,
-        artifacts,
-    })
+        artifacts: read_back.finish(esp.digest, rootfs_digest, table.root_number(&layout))?,
+    };
+    stage.done("digests");
+    let record = Record {
+        summary: &summary,
+        verity: root.verity(&summary.root_hash),
+        layout: &layout,
+        esp: &esp.files,
+        initrd: &initrd,
+    };
+    manifest::write(cfg, &mut staging, record)?;
+    staging.commit()?;
+    stage.done("manifest");
+    Ok(summary)
 }

@@ -3,7 +3,8 @@
 //! nothing written yet); then the ext4 blocks go straight into partition 2
 //! of `disk.img` and into `rootfs.ext4` through a [`TeeSink`], which passes
 //! them on to a hashing thread; then the verity superblock and tree go into
-//! partition 3 and `rootfs.verity`.
+//! partition 3 and `rootfs.verity`, and the root hash into
+//! `rootfs.roothash`.
 
 use std::fs::File;
 use std::io;
@@ -130,10 +131,7 @@ impl RootPlan {
         progress_total: &dyn Fn(u64),
         progress: &dyn Fn(u64),
     ) -> Result<RootWritten, BuildError> {
-        let rootfs = staging.create(artifact::ROOTFS)?;
-        rootfs
-            .set_len(self.ext4.size())
-            .map_err(io_err(&staging.path(artifact::ROOTFS), "size"))?;
+        let rootfs = staging.create_sized(artifact::ROOTFS, self.ext4.size())?;
         progress_total(self.ext4.size());
         let tree = write_and_hash(
             &self.ext4,

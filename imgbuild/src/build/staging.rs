@@ -14,12 +14,21 @@ pub(super) struct Staging {
 }
 
 impl Staging {
-    /// Stages artifacts in the output directory `dir`.
-    pub(super) fn new(dir: &Path) -> Self {
-        Staging {
+    /// Stages artifacts in the output directory `dir`, created if needed.
+    pub(super) fn in_dir(dir: &Path) -> Result<Self, BuildError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create"))?;
+        Ok(Staging {
             dir: dir.to_path_buf(),
             files: Vec::new(),
-        }
+        })
+    }
+
+    /// Creates the temporary file for artifact `name`, `len` bytes long
+    /// (sparse).
+    pub(super) fn create_sized(&mut self, name: &str, len: u64) -> Result<File, BuildError> {
+        let file = self.create(name)?;
+        self.set_len(&file, name, len)?;
+        Ok(file)
     }
 
     /// Creates the temporary file for artifact `name`.
@@ -36,12 +45,19 @@ impl Staging {
         Ok(file)
     }
 
+    /// Sets the length of `file`, artifact `name`.
+    pub(super) fn set_len(&self, file: &File, name: &str, len: u64) -> Result<(), BuildError> {
+        file.set_len(len).map_err(io_err(&self.path(name), "size"))
+    }
+
     /// Where artifact `name` ends up: the path its errors name.
     pub(super) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    /// Moves every staged file into place.
+    /// Moves every staged file into place. Not fsynced (like the tools it
+    /// replaces), so a machine crash right after a build may need a
+    /// rebuild.
     pub(super) fn commit(mut self) -> Result<(), BuildError> {
         for (temp, dest) in std::mem::take(&mut self.files) {
             std::fs::rename(&temp, &dest).map_err(io_err(&dest, "move into place"))?;
