@@ -279,9 +279,16 @@ impl Agent {
             path: config.work_dir.clone(),
             source,
         };
+        // A previous agent process may have left a computation behind (it
+        // restarted): its state is gone, so are its files.
         work.prepare().map_err(wd)?;
-        let bin = work.discard(true).map_err(wd)?;
-        let _ = std::fs::remove_dir_all(&bin);
+        work.discard(true).map_err(wd)?;
+        match std::fs::remove_dir_all(work.trash()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(wd(e)),
+        }
+        work.prepare().map_err(wd)?;
         let emitter = Emitter::spawn(services.events.clone());
         let reassembler = Reassembler::new(config.caps.reassembly_limits());
         Ok(Self {

@@ -88,13 +88,24 @@ impl WorkDir {
     }
 
     /// Creates the root, `.staging/`, `.trash/` and an empty `datasets/`.
+    /// `.staging/` and `.trash/` are 0700: the algorithm runs with `/cocos`
+    /// as its working directory and must not read uploads in progress or
+    /// a previous computation's files.
     pub fn prepare(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         fs::create_dir_all(&self.root)?;
-        for d in [self.staging(), self.trash(), self.datasets()] {
+        for (d, private) in [
+            (self.staging(), true),
+            (self.trash(), true),
+            (self.datasets(), false),
+        ] {
             match fs::create_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
+            }
+            if private {
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o700))?;
             }
         }
         Ok(())
@@ -186,5 +197,8 @@ mod tests {
         assert_eq!(fs::read_dir(w.datasets()).unwrap().count(), 0);
         assert_eq!(fs::read_dir(w.staging()).unwrap().count(), 0);
         assert!(w.root().join("docker").is_dir());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(w.staging()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

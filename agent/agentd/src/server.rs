@@ -132,12 +132,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let (control, incoming): (Arc<dyn ControlSink>, _) = match config.cvms.clone() {
+    let (control, incoming, link): (Arc<dyn ControlSink>, _, _) = match config.cvms.clone() {
         Some(settings) => {
             let (link, incoming) = spawn_link(settings, LinkConfig::default());
-            (Arc::new(link), Some(incoming))
+            (Arc::new(link.clone()), Some(incoming), Some(link))
         }
-        None => (Arc::new(NoControl), None),
+        None => (Arc::new(NoControl), None, None),
     };
     let services = Services {
         runner: Arc::new(GrpcRunner::new(unix_channel(&config.runner_socket))),
@@ -145,7 +145,11 @@ pub async fn run(
         control,
         attestation: None,
     };
-    run_with(config, services, incoming, shutdown).await
+    let result = run_with(config, services, incoming, shutdown).await;
+    if let Some(link) = link {
+        link.shutdown();
+    }
+    result
 }
 
 /// [`run`] with the peers given (tests, or another wiring of them).

@@ -1069,3 +1069,98 @@ async fn a_consumer_declared_twice_completes_both_slots_with_one_fetch() {
     assert!(python_unzip(&zip).is_empty());
     f.wait_state(State::Complete).await;
 }
+
+#[tokio::test]
+async fn a_broken_upload_stream_leaves_nothing_and_a_retry_succeeds() {
+    use cocos_proto::agent::AlgoRequest;
+    use tonic::metadata::MetadataValue;
+    let mut f = Fixture::start(Behaviour::Succeed(vec![])).await;
+    let plan = Plan::simple();
+    f.send_manifest(plan.manifest(&f.parties)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<AlgoRequest>(4);
+    let v = signed(
+        &f.parties.algo,
+        Rpc::Algo,
+        "",
+        Some(sha3(&plan.algorithm)),
+        None,
+    );
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert(
+        cocos_auth::AUTH_METADATA,
+        MetadataValue::try_from(v.as_str()).unwrap(),
+    );
+    let mut client = f.client.clone();
+    let call = tokio::spawn(async move { client.algo(req).await });
+    tx.send(AlgoRequest {
+        algorithm: plan.algorithm[..5].to_vec(),
+        requirements: vec![],
+    })
+    .await
+    .unwrap();
+    // The upload is being written to disk...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.staging_entries() != 1 {
+        assert!(Instant::now() < deadline, "upload never reached the disk");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... when the client goes away mid-stream.
+    call.abort();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.staging_entries() != 0 {
+        assert!(Instant::now() < deadline, "partial upload left behind");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tx);
+    assert_eq!(f.agent.state(), State::ReceivingAlgorithm);
+    assert!(!f.work().join("algo").exists());
+    algo_signed(&mut f, |p| &p.algo, &plan.algorithm)
+        .await
+        .unwrap();
+    assert_eq!(f.agent.state(), State::ReceivingData);
+}
+
+#[tokio::test]
+async fn a_large_result_streams_in_1_mib_chunks() {
+    // 2.5 MiB of an LCG's bytes (incompressible, and the zip stores anyway).
+    let mut x = 0x2545_f491u32;
+    let big: Vec<u8> = (0..(5 << 19))
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut f = Fixture::start(Behaviour::Succeed(vec![("big.bin".into(), big.clone())])).await;
+    through_uploads(&mut f, &Plan::simple()).await;
+    f.wait_state(State::ConsumingResults).await;
+    let v = signed(&f.parties.alice, Rpc::Result, "", None, None);
+    let mut req = tonic::Request::new(cocos_proto::agent::ResultRequest {});
+    req.metadata_mut().insert(
+        cocos_auth::AUTH_METADATA,
+        tonic::metadata::MetadataValue::try_from(v.as_str()).unwrap(),
+    );
+    let response = f.client.result(req).await.unwrap();
+    let size: usize = response
+        .metadata()
+        .get("file-size")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut stream = response.into_inner();
+    let mut sizes = Vec::new();
+    let mut zip = Vec::new();
+    while let Some(c) = stream.message().await.unwrap() {
+        sizes.push(c.file.len());
+        zip.extend_from_slice(&c.file);
+    }
+    assert_eq!(zip.len(), size);
+    assert_eq!(sizes.len(), size.div_ceil(1 << 20));
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&n| n == 1 << 20),
+        "{sizes:?}"
+    );
+    assert_eq!(python_unzip(&zip), [("big.bin".to_string(), big)]);
+    assert_eq!(f.agent.consumers_fetched(), [true, false]);
+}
