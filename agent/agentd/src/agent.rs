@@ -2,7 +2,7 @@
 //! machine, fed by the management service (or a manifest file) and by the
 //! `AgentService` calls, running the algorithm through the runner.
 //!
-//! All state lives in one [`Core`] behind a mutex held only for short,
+//! All state lives in one `Core` behind a mutex held only for short,
 //! non-blocking steps (checks, renames, queueing messages), so that events
 //! and control messages are queued in the order the transitions happen.
 //! Long work — streaming uploads, extraction, the run, zipping — happens

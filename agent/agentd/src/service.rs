@@ -78,10 +78,13 @@ fn metadata_str(md: &MetadataMap, key: &str) -> Result<Option<String>, ServiceEr
 }
 
 /// The algorithm's type and arguments: the manifest's unless it leaves
-/// them open. An `algo_type` in the metadata must be one the runner knows
-/// and, when the manifest names a type other than the default `bin`,
-/// equal to it; `algo_args` in the metadata are used when the manifest
-/// declares none, and must equal them otherwise.
+/// them open. The manifest cannot tell `bin` from "not said" (an empty
+/// `algo_type` means `bin`), and the CLIs send `algo_type=bin` by default,
+/// so `bin` on either side gives way to the other; two different types
+/// other than `bin` are refused. An unknown `algo_type` is refused (the Go
+/// proto's "binary" included, as the runner refuses it). `algo_args` in
+/// the metadata are used when the manifest declares none, and must equal
+/// them otherwise.
 fn resolve_algorithm(
     md: &MetadataMap,
     declared_type: AlgoType,
@@ -93,12 +96,16 @@ fn resolve_algorithm(
             let t = AlgoType::parse(&t).ok_or_else(|| {
                 ServiceError::InvalidArgument(format!("unsupported algorithm type: {t}"))
             })?;
-            if declared_type != AlgoType::Bin && t != declared_type {
-                return Err(ServiceError::InvalidArgument(format!(
-                    "algo_type {t} differs from the manifest's {declared_type}"
-                )));
+            match (declared_type, t) {
+                (AlgoType::Bin, t) => t,
+                (declared, AlgoType::Bin) => declared,
+                (declared, t) if declared == t => t,
+                (declared, t) => {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "algo_type {t} differs from the manifest's {declared}"
+                    )));
+                }
             }
-            t
         }
     };
     let mut args = Vec::new();
@@ -524,5 +531,55 @@ impl AgentService for AgentGrpc {
         }
         let file = provider.azure_token(req).await?;
         Ok(Response::new(AttestationTokenResponse { file }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for (k, v) in pairs {
+            m.append(*k, v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn algorithm_type_and_arguments() {
+        use AlgoType::*;
+        let r = |pairs: &[(&'static str, &str)], t, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            resolve_algorithm(&md(pairs), t, &args)
+        };
+        // Nothing said anywhere: bin.
+        assert_eq!(r(&[], Bin, &[]).unwrap(), (Bin, vec![]));
+        assert_eq!(r(&[("algo_type", "wasm")], Bin, &[]).unwrap().0, Wasm);
+        assert_eq!(r(&[("algo_type", "bin")], Python, &[]).unwrap().0, Python);
+        assert_eq!(
+            r(&[("algo_type", "python")], Python, &[]).unwrap().0,
+            Python
+        );
+        assert!(r(&[("algo_type", "docker")], Python, &[]).is_err());
+        let e = r(&[("algo_type", "binary")], Bin, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "unsupported algorithm type: binary");
+        // Arguments keep their order; the manifest's win when it has some.
+        let (_, a) = r(
+            &[
+                ("algo_args", "-x"),
+                ("algo_args", "2"),
+                ("algo_args", "a b"),
+            ],
+            Bin,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(a, ["-x", "2", "a b"]);
+        assert_eq!(r(&[], Bin, &["m"]).unwrap().1, ["m"]);
+        assert_eq!(r(&[("algo_args", "m")], Bin, &["m"]).unwrap().1, ["m"]);
+        assert!(r(&[("algo_args", "other")], Bin, &["m"]).is_err());
     }
 }
