@@ -29,6 +29,13 @@ struct Cli {
 enum Service {
     /// The orchestrator: the computation state machine, the management
     /// service's stream, and `agent.AgentService` on its Unix socket.
+    ///
+    /// Environment: AGENT_CONFIG_FILE (JSON), AGENT_WORK_DIR,
+    /// AGENT_GRPC_HOST, AGENT_RUNNER_SOCKET, LOG_FORWARDER_SOCKET,
+    /// AGENT_MANIFEST_FILE, AGENT_LEGACY_AUTH, AGENT_AUTH_WINDOW_SECS,
+    /// AGENT_MAX_ALGORITHM_BYTES, AGENT_MAX_DATASET_BYTES,
+    /// AGENT_MAX_REQUIREMENTS_BYTES, AGENT_MAX_EXTRACT_ENTRIES,
+    /// AGENT_MAX_EXTRACT_BYTES, AGENT_CVM_GRPC_*, AGENT_CVM_ID.
     Agent,
     /// The computation runner: runs the algorithm as an unprivileged user.
     Runner,
@@ -104,7 +111,10 @@ async fn run(service: Service) -> anyhow::Result<()> {
     init_logging(&service)?;
     tracing::info!("{} starting", service.name());
     match service {
-        Service::Agent => anyhow::bail!("the agent service is not wired into this binary yet"),
+        Service::Agent => {
+            let config = cocos_agentd::Config::from_env().context("agent configuration")?;
+            cocos_agentd::run(config, termination()).await?;
+        }
         Service::Runner => anyhow::bail!("the runner service is not wired into this binary yet"),
         Service::LogForwarder => {
             let config = cocos_logfwd::Config::from_env();
@@ -123,6 +133,24 @@ async fn run(service: Service) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (or at once if they cannot be watched,
+/// after saying so).
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => tracing::error!("cannot watch for SIGTERM/SIGINT: {e}"),
+    }
 }
 
 fn main() -> std::process::ExitCode {
