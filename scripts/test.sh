@@ -141,6 +141,6 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   rm -rf "$seed_tmp"
   log_dir="$PWD/target/fuzz-logs"
   mkdir -p "$log_dir"
-  mkdir -p "$log_dir/agent" && fuzz_all "$fuzz_seconds" "$log_dir" measure imgbuild initrd agent/manifest agent/logfwd
+  mkdir -p "$log_dir/agent" && fuzz_all "$fuzz_seconds" "$log_dir" measure imgbuild initrd agent/manifest agent/logfwd agent/cvms
 fi
 echo "test.sh: all tests passed"
