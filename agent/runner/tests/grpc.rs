@@ -19,25 +19,28 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 async fn connect(socket: &Path) -> ComputationRunnerClient<Channel> {
-    let socket = socket.to_path_buf();
+    // The server may not be listening yet (or a stale socket is still
+    // there): retry for a while.
+    let mut last = None;
     for _ in 0..100 {
-        if socket.exists() {
-            break;
+        let socket = socket.to_path_buf();
+        let connected = Endpoint::from_static("http://runner")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await;
+        match connected {
+            Ok(channel) => return ComputationRunnerClient::new(channel),
+            Err(err) => last = Some(err),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let channel = Endpoint::from_static("http://runner")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    ComputationRunnerClient::new(channel)
+    panic!("cannot connect to {}: {last:?}", socket.display());
 }
 
 struct Server {

@@ -126,7 +126,7 @@ async fn python_with_requirements_installs_a_local_wheel() {
     );
     assert!(
         fx.stdout("p")
-            .contains("Successfully installed cocos_testpkg-1.0"),
+            .contains("Successfully installed cocos-testpkg-1.0"),
         "{}",
         fx.stdout("p")
     );
