@@ -4,6 +4,15 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Longest time limit honoured (ten years): larger values are clamped so
+/// that deadlines stay representable.
+pub const MAX_TIMEOUT_SECS: u64 = 10 * 365 * 86_400;
+
+/// `secs` as a [`Duration`], clamped to [`MAX_TIMEOUT_SECS`].
+pub(crate) fn bounded_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs.min(MAX_TIMEOUT_SECS))
+}
+
 /// How the runner runs algorithms. Every field has a default (see
 /// [`RunnerConfig::default`]), so an empty document deserialises to the
 /// defaults:
@@ -86,9 +95,9 @@ impl Default for RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// The run timeout as a [`Duration`].
+    /// The run timeout as a [`Duration`] (at most [`MAX_TIMEOUT_SECS`]).
     pub fn run_timeout(&self) -> Duration {
-        Duration::from_secs(self.run_timeout_secs)
+        bounded_secs(self.run_timeout_secs)
     }
 
     /// The proxy variables for a child's environment (empty when no egress
@@ -136,5 +145,54 @@ impl Default for WasmLimits {
             max_output_bytes: 16 << 20,
             max_results_bytes: 1 << 30,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_document_keeps_the_other_defaults() {
+        let config: RunnerConfig = serde_json::from_str(
+            r#"{"run_timeout_secs": 5, "egress_proxy": "http://127.0.0.1:3128", "wasm": {"max_time_secs": 2}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.run_timeout_secs, 5);
+        assert_eq!(config.wasm.max_time_secs, Some(2));
+        assert_eq!(config.wasm.max_memory_bytes, 2 << 30);
+        assert_eq!(config.run_user, "cocos-runner");
+        assert_eq!(config.socket_mode, 0o600);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<RunnerConfig>(r#"{"run_timeout": 5}"#).is_err());
+    }
+
+    #[test]
+    fn proxy_variables_only_with_a_proxy() {
+        assert!(RunnerConfig::default().proxy_env().is_empty());
+        let config = RunnerConfig {
+            egress_proxy: Some("http://p:3128".into()),
+            ..RunnerConfig::default()
+        };
+        let env = config.proxy_env();
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            assert!(
+                env.contains(&(name.to_owned(), "http://p:3128".to_owned())),
+                "{name}"
+            );
+        }
+        assert!(env.contains(&("NO_PROXY".to_owned(), "localhost,127.0.0.1".to_owned())));
+    }
+
+    #[test]
+    fn huge_timeouts_are_clamped() {
+        let config = RunnerConfig {
+            run_timeout_secs: u64::MAX,
+            ..RunnerConfig::default()
+        };
+        assert_eq!(config.run_timeout(), Duration::from_secs(MAX_TIMEOUT_SECS));
     }
 }

@@ -122,7 +122,11 @@ pub(crate) async fn run_docker(ctx: &RunContext) -> Result<(), RunError> {
     tracing::info!(image = image_id, ?tags, "docker archive");
 
     let socket = ctx.config.docker_socket.to_string_lossy().into_owned();
-    let docker = Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)
+    // bollard's timeout bounds the wait for each response's head; loading a
+    // large archive can take long before the engine answers. The run's own
+    // deadline and Stop bound everything anyway.
+    let head_timeout = ctx.config.run_timeout().as_secs().max(120);
+    let docker = Docker::connect_with_unix(&socket, head_timeout, bollard::API_DEFAULT_VERSION)
         .map_err(docker_err("connecting to the engine"))?
         .negotiate_version()
         .await

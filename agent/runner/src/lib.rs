@@ -48,7 +48,7 @@ mod user;
 mod wasm;
 pub mod workspace;
 
-pub use config::{RunnerConfig, WasmLimits};
+pub use config::{MAX_TIMEOUT_SECS, RunnerConfig, WasmLimits};
 pub use docker::{CONTAINER_DATASETS, CONTAINER_RESULTS};
 pub use error::{RunError, RunnerError};
 pub use output::{

@@ -251,7 +251,7 @@ pub(crate) async fn run_wasm(ctx: &RunContext, runtime: &WasmRuntime) -> Result<
     let deadline = ctx
         .ctl
         .deadline
-        .min(tokio::time::Instant::now() + Duration::from_secs(time_limit));
+        .min(tokio::time::Instant::now() + crate::config::bounded_secs(time_limit));
     let timed_out = || {
         if deadline < ctx.ctl.deadline {
             RunError::TimedOut(time_limit)

@@ -409,3 +409,52 @@ async fn a_missing_algorithm_is_a_run_error() {
     );
     assert_eq!(resp.exit_code, -1);
 }
+
+#[tokio::test]
+async fn the_run_user_must_exist_and_not_be_root() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new();
+    let sink = fx.sink.clone();
+    let err = cocos_runner::Runner::new(
+        RunnerConfig {
+            run_user: "no-such-user-cocos".into(),
+            ..fx.config()
+        },
+        sink.clone(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, cocos_runner::RunnerError::UserNotFound(_)),
+        "{err}"
+    );
+    let err = cocos_runner::Runner::new(
+        RunnerConfig {
+            run_user: "root".into(),
+            ..fx.config()
+        },
+        sink,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, cocos_runner::RunnerError::RunUserIsRoot(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_timeout_does_not_overflow() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new();
+    let algo = fx.script("true");
+    let runner = fx.runner(RunnerConfig {
+        run_timeout_secs: u64::MAX,
+        ..fx.config()
+    });
+    let resp = runner
+        .run(fx.request("c", "bin", &algo, &[]))
+        .await
+        .unwrap();
+    assert_eq!(resp.error, "");
+}
