@@ -308,6 +308,14 @@ pub async fn serve_with_shutdown(
     let listener = bind_socket(socket_path, mode)?;
     tracing::info!(socket = %socket_path.display(), mode = format!("{mode:o}"), "runner listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // The server drains in-flight calls before it returns: stop the active
+    // run first, so that its Run answers ("computation stopped") at once.
+    let stopper = runner.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("runner shutting down");
+        stopper.stop("").await;
+    };
     let result = tonic::transport::Server::builder()
         .add_service(runner.clone().into_service())
         .serve_with_incoming_shutdown(incoming, shutdown)

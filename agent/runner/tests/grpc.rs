@@ -236,6 +236,32 @@ async fn a_caller_that_goes_away_stops_its_run() {
 }
 
 #[tokio::test]
+async fn shutdown_stops_the_active_run() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new();
+    let server = Server::start(&fx);
+    let client = connect(&server.socket).await;
+    let algo = fx.script("echo $$ > results/pgid\nsleep 300");
+    let run = {
+        let mut client = client.clone();
+        let req = fx.request("busy", "bin", &algo, &[]);
+        tokio::spawn(async move { client.run(req).await })
+    };
+    fx.wait_for_file(&fx.results().join("pgid")).await;
+    let pgid: i32 = std::fs::read_to_string(fx.results().join("pgid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("the server did not shut down while a run was active");
+    assert_eq!(live_in_group(pgid), Vec::<i32>::new());
+    let resp = run.await.unwrap().unwrap().into_inner();
+    assert_eq!(resp.error, "computation stopped");
+}
+
+#[tokio::test]
 async fn a_regular_file_in_place_of_the_socket_is_refused() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new();
