@@ -296,7 +296,9 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, R
 }
 
 /// Serves the runner's gRPC interface on the Unix socket `socket_path`
-/// until `shutdown` completes; then stops the active run, if any.
+/// until `shutdown` completes; then stops the active run, if any. At start,
+/// kills what a previous runner left running as the run user (see
+/// [`RunnerConfig::sweep_user_processes`]).
 pub async fn serve_with_shutdown(
     config: RunnerConfig,
     socket_path: &Path,
@@ -304,7 +306,12 @@ pub async fn serve_with_shutdown(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunnerError> {
     let mode = config.socket_mode;
+    let sweep = config.sweep_user_processes;
     let runner = Runner::new(config, output)?;
+    if sweep && runner.run_user().switch {
+        // A runner that died (crash, SIGKILL) left its algorithm running.
+        crate::process::sweep_user(runner.run_user().uid).await;
+    }
     let listener = bind_socket(socket_path, mode)?;
     tracing::info!(socket = %socket_path.display(), mode = format!("{mode:o}"), "runner listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

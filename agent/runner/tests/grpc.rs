@@ -262,6 +262,37 @@ async fn shutdown_stops_the_active_run() {
 }
 
 #[tokio::test]
+async fn the_server_kills_what_a_previous_runner_left_behind() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new();
+    // An algorithm of a runner that died: a process of the run user.
+    let mut orphan = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sleep",
+            "300",
+        ])
+        .spawn()
+        .expect("setpriv (util-linux) is required");
+    let pid = i32::try_from(orphan.id()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(common::alive(pid));
+    let server = Server::start(&fx);
+    let _client = connect(&server.socket).await;
+    let status = tokio::task::spawn_blocking(move || orphan.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_regular_file_in_place_of_the_socket_is_refused() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new();
