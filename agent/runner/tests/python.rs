@@ -266,3 +266,58 @@ fn processes_of(uid: u32) -> Vec<i32> {
     }
     found
 }
+
+#[tokio::test]
+async fn pip_goes_through_the_egress_proxy() {
+    let _serial = SERIAL.lock().await;
+    require_venv();
+    let fx = Fixture::new();
+    // A proxy on loopback that records the first request line and answers
+    // 404: pip must send it the absolute-form request for the index.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            let _ = line_tx.send(line);
+            let _ = (&stream).write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let requirements = fx.path().join("requirements.txt");
+    std::fs::write(
+        &requirements,
+        "--index-url http://index.cocos.invalid/simple\n--trusted-host index.cocos.invalid\nsome-package\n",
+    )
+    .unwrap();
+    let algo = fx.write_algorithm("algo.py", b"print('ran')\n");
+    let runner = fx.runner(cocos_runner::RunnerConfig {
+        egress_proxy: Some(format!("http://127.0.0.1:{port}")),
+        ..fx.config()
+    });
+    let mut req = fx.request("p", "python", &algo, &[]);
+    req.requirements_path = requirements.display().to_string();
+    let resp = runner.run(req).await.unwrap();
+    assert!(
+        resp.error.starts_with("pip install -r requirements failed"),
+        "{}",
+        resp.error
+    );
+    let line = line_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| {
+            panic!(
+                "pip never reached the proxy: {}\n{}",
+                resp.error,
+                fx.stdout("p")
+            )
+        });
+    assert!(
+        line.starts_with("GET http://index.cocos.invalid/simple/some-package/ HTTP/1.1"),
+        "{line:?}"
+    );
+}
