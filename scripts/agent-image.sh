@@ -35,7 +35,8 @@ root="$work/root"
 cp -a "$base" "$root"
 
 # The services.
-install -m 0755 "$bin_dir/cocos-agent" "$root/usr/bin/cocos-agent"
+# Stripped: a dev build carries half a gigabyte of debug information.
+install -s -m 0755 "$bin_dir/cocos-agent" "$root/usr/bin/cocos-agent"
 for unit in agent/systemd/*.service; do
   install -m 0644 "$unit" "$root/etc/systemd/system/"
   ln -sf "/etc/systemd/system/${unit##*/}" "$root/etc/systemd/system/multi-user.target.wants/${unit##*/}"

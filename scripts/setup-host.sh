@@ -17,11 +17,16 @@
 #   protobuf-compiler libprotobuf-dev   protoc and the well-known .proto files: cocos-proto's
 #                       build, and protoc --decode_raw as the wire-format reference
 #   golang-go           Go's encoding/json and archive/zip: the manifest JSON and zip reference
+#   python3-venv python3-pip   the runner's python algorithms (per-run venv, pip install)
+#   docker.io curl      the runner's docker algorithms (a real Docker Engine) and the
+#                       egress proxy's tests (curl -x)
+#   openssl             certificates and signatures of the agent tests
 set -euo pipefail
 
 packages=(cryptsetup-bin e2fsprogs dosfstools mtools gdisk fdisk grub-efi-amd64-bin grub-common
   genimage debootstrap time libcryptsetup-dev libclang-dev clang pkg-config qemu-system-x86 ovmf
-  busybox-static cpio kmod zstd binutils protobuf-compiler libprotobuf-dev golang-go)
+  busybox-static cpio kmod zstd binutils protobuf-compiler libprotobuf-dev golang-go
+  python3-venv python3-pip docker.io curl openssl)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -81,12 +81,23 @@ export COCOS_MINBASE
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The runner's docker algorithms, against a real Docker Engine (started here
+# when none answers).
+agent/runner/tests/docker-setup.sh
+cargo test --locked -p cocos-runner --test docker -- --ignored
 
 # End to end: build the development image (cocos-init, its initramfs, a
 # busybox root) and boot it under QEMU, plain and attacked.
 e2e_dir="$PWD/target/e2e-image"
 PROFILE=dev scripts/dev-image.sh "$e2e_dir" >/dev/null
-COCOS_E2E_DIR="$e2e_dir" cargo test --locked -p cocos-e2e -- --ignored --test-threads=1
+COCOS_E2E_DIR="$e2e_dir" cargo test --locked -p cocos-e2e --test boot -- --ignored --test-threads=1
+# The whole job: the agent image (Debian, systemd, the services) runs a
+# binary, a Python and a Wasm computation sent by cocos-cli.
+agent_dir="$PWD/target/e2e-agent"
+PROFILE=dev scripts/agent-image.sh "$agent_dir" >/dev/null
+cargo build --locked -p cocos-cli
+CLI="$PWD/target/debug/cocos-cli" COCOS_AGENT_E2E_DIR="$agent_dir" \
+  cargo test --locked -p cocos-e2e --test agent -- --ignored --test-threads=1
 
 fuzz_seconds="${FUZZ_SECONDS:-30}"
 if [ "$fuzz_seconds" -gt 0 ]; then

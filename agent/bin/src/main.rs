@@ -9,7 +9,9 @@
 //! forwarder itself, to the log forwarder, which relays them to the
 //! computation management service.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -38,6 +40,12 @@ enum Service {
     /// AGENT_MAX_EXTRACT_BYTES, AGENT_CVM_GRPC_*, AGENT_CVM_ID.
     Agent,
     /// The computation runner: runs the algorithm as an unprivileged user.
+    ///
+    /// Environment: RUNNER_CONFIG_FILE (JSON: every field of the runner's
+    /// configuration), RUNNER_TIMEOUT_SECS, RUNNER_USER, RUNNER_EGRESS_PROXY
+    /// (e.g. http://127.0.0.1:3128), AGENT_RUNNER_SOCKET,
+    /// LOG_FORWARDER_SOCKET. None of it reaches the algorithm, whose
+    /// environment is built from scratch.
     Runner,
     /// The log forwarder: relays logs and events to the management
     /// service, buffering on disk while it is unreachable.
@@ -73,12 +81,74 @@ impl Service {
     }
 }
 
-/// The log forwarder's socket, as the services find it.
-fn log_socket() -> PathBuf {
-    std::env::var_os("LOG_FORWARDER_SOCKET")
+/// A path from the environment variable `key`, or `default`.
+fn env_path(key: &str, default: &str) -> PathBuf {
+    std::env::var_os(key)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/cocos/log.sock"))
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// The log forwarder's socket, as the services find it.
+fn log_socket() -> PathBuf {
+    env_path("LOG_FORWARDER_SOCKET", "/run/cocos/log.sock")
+}
+
+/// A non-empty environment variable.
+fn env_var(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// The runner's configuration: `RUNNER_CONFIG_FILE` (JSON) or the
+/// defaults, with the `RUNNER_*` variables over it.
+fn runner_config() -> anyhow::Result<cocos_runner::RunnerConfig> {
+    let mut config = match env_var("RUNNER_CONFIG_FILE") {
+        Some(path) => {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {path}"))?
+        }
+        None => cocos_runner::RunnerConfig::default(),
+    };
+    if let Some(v) = env_var("RUNNER_TIMEOUT_SECS") {
+        config.run_timeout_secs = v
+            .parse()
+            .with_context(|| format!("RUNNER_TIMEOUT_SECS={v:?}: not a number of seconds"))?;
+    }
+    if let Some(v) = env_var("RUNNER_USER") {
+        config.run_user = v;
+    }
+    if let Some(v) = env_var("RUNNER_EGRESS_PROXY") {
+        config.egress_proxy = Some(v);
+    }
+    Ok(config)
+}
+
+/// The algorithm's output and the runner's events, to the log forwarder:
+/// stdout as INFO logs, stderr as ERROR logs (as the Go runner logged
+/// them), events as they are.
+struct ForwardOutput(cocos_logfwd::LogClient);
+
+impl cocos_runner::OutputSink for ForwardOutput {
+    fn stdout(&self, computation_id: &str, bytes: &[u8]) {
+        self.0.log(
+            cocos_logfwd::Level::Info,
+            computation_id,
+            &String::from_utf8_lossy(bytes),
+        );
+    }
+
+    fn stderr(&self, computation_id: &str, bytes: &[u8]) {
+        self.0.log(
+            cocos_logfwd::Level::Error,
+            computation_id,
+            &String::from_utf8_lossy(bytes),
+        );
+    }
+
+    fn event(&self, computation_id: &str, event_type: &str, status: &str, details_json: &[u8]) {
+        self.0
+            .event(event_type, computation_id, status, details_json.to_vec());
+    }
 }
 
 /// Logs to stderr at the level of `RUST_LOG`/`AGENT_LOG_LEVEL` (info by
@@ -91,6 +161,7 @@ fn init_logging(service: &Service) -> anyhow::Result<()> {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time();
     let forward = match service {
         Service::LogForwarder => None,
@@ -115,7 +186,13 @@ async fn run(service: Service) -> anyhow::Result<()> {
             let config = cocos_agentd::Config::from_env().context("agent configuration")?;
             cocos_agentd::run(config, termination()).await?;
         }
-        Service::Runner => anyhow::bail!("the runner service is not wired into this binary yet"),
+        Service::Runner => {
+            let config = runner_config().context("runner configuration")?;
+            let socket = env_path("AGENT_RUNNER_SOCKET", "/run/cocos/runner.sock");
+            let logs = cocos_logfwd::LogClient::connect(log_socket(), Service::Runner.name())
+                .context("the log forwarder client")?;
+            cocos_runner::serve(config, &socket, Arc::new(ForwardOutput(logs))).await?;
+        }
         Service::LogForwarder => {
             let config = cocos_logfwd::Config::from_env();
             config.validate().context("log forwarder configuration")?;
