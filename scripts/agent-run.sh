@@ -13,7 +13,7 @@
 # (events.jsonl), the serial log (serial.log) and result.zip.
 #
 # Environment: TIMEOUT (seconds for the whole run, default 600), CLI (the
-# cocos-cli binary; default: built here).
+# cocos-cli binary; default: built here with PROFILE, default release).
 set -euo pipefail
 
 [ $# -ge 2 ] || { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -23,8 +23,9 @@ image="$1"; out="$2"; shift 2
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 if [ -z "${CLI:-}" ]; then
-  cargo build --locked --release -q -p cocos-cli >&2
-  CLI="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/cocos-cli"
+  profile="${PROFILE:-release}"
+  cargo build --locked --profile "$profile" -q -p cocos-cli >&2
+  CLI="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$([ "$profile" = dev ] && echo debug || echo "$profile")/cocos-cli"
 fi
 
 if [ $# -ge 3 ]; then
