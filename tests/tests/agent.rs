@@ -88,7 +88,7 @@ fn event_types(out: &Path) -> Vec<String> {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["type"] == "agent_event")
-        .filter_map(|v| v["agent_event"]["event_type"].as_str().map(str::to_owned))
+        .filter_map(|v| v["event_type"].as_str().map(str::to_owned))
         .collect()
 }
 
