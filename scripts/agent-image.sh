@@ -12,7 +12,8 @@
 # (ENV_PATH for qemu-dev.sh); see agent/README.md for its keys.
 #
 # Environment: PROFILE (cargo profile, default release), SOURCE_DATE_EPOCH
-# (default 1700000000), SEED, COCOS_SIZE, CMDLINE (extra kernel options).
+# (default 1700000000), SEED, COCOS_SIZE, CMDLINE (extra kernel options),
+# COCOS_BIN_DIR (take the binaries from this directory instead of building).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,10 +25,15 @@ vmlinuz="$(ls "$kernel_root"/boot/vmlinuz-* | head -n 1)"
 version="${vmlinuz##*/vmlinuz-}"
 base="$(scripts/agent-root.sh)"
 
-echo "agent-image: building cocos-init, cocos-imgbuild and cocos-agent ($profile)" >&2
-cargo build --locked --profile "$profile" -p cocos-init -p cocos-imgbuild -p cocos-agent >&2
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+if [ -n "${COCOS_BIN_DIR:-}" ]; then
+  # Binaries already built (the test suite builds the workspace once).
+  bin_dir="$COCOS_BIN_DIR"
+else
+  echo "agent-image: building cocos-init, cocos-imgbuild and cocos-agent ($profile)" >&2
+  cargo build --locked --profile "$profile" -p cocos-init -p cocos-imgbuild -p cocos-agent >&2
+  target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -11,7 +11,8 @@
 # kernel options, default console=ttyS0), PROFILE (cargo profile of the
 # tools, default release), SOURCE_DATE_EPOCH (default 1700000000), SEED,
 # INIT (another /init, e.g. the shell init of the boot benchmark) and
-# INITRAMFS_FILES (more SRC:DEST entries for the initramfs, space separated).
+# INITRAMFS_FILES (more SRC:DEST entries for the initramfs, space separated),
+# COCOS_BIN_DIR (take the binaries from this directory instead of building).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,10 +23,15 @@ kernel_root="$(scripts/fetch-boot-deps.sh)"
 vmlinuz="$(ls "$kernel_root"/boot/vmlinuz-* | head -n 1)"
 version="${vmlinuz##*/vmlinuz-}"
 
-echo "dev-image: building cocos-init and cocos-imgbuild ($profile)" >&2
-cargo build --locked --profile "$profile" -p cocos-init -p cocos-imgbuild >&2
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+if [ -n "${COCOS_BIN_DIR:-}" ]; then
+  # Binaries already built (the test suite builds the workspace once).
+  bin_dir="$COCOS_BIN_DIR"
+else
+  echo "dev-image: building cocos-init and cocos-imgbuild ($profile)" >&2
+  cargo build --locked --profile "$profile" -p cocos-init -p cocos-imgbuild >&2
+  target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+fi
 
 # The root tree: busybox, an init that reports and powers off, the runtime
 # fstab (written here so the root hash covers it) and the mount points the

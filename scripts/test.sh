@@ -4,7 +4,11 @@
 # Installs what it needs; a missing reference tool fails the run.
 #
 #   scripts/test.sh                 everything
-#   FUZZ_SECONDS=0 scripts/test.sh  skip the fuzzing run (default: 30 s per target)
+#   FUZZ_SECONDS=0 scripts/test.sh  skip the fuzzing run (default: 15 s per target)
+#
+# Each stage prints how long it took ("test.sh: <stage>: N s"), so a slow CI
+# run shows where the time went. All fuzz crates share one target directory
+# (target/fuzz): their sanitizer builds of common crates are made once.
 #
 # The fuzzing run fails when a crate's `cargo fuzz list` fails or lists
 # nothing, and when any target fails; it ends by saying how many ran.
@@ -32,7 +36,7 @@ fuzz_targets() {
 # log, with the crash artifact's path, is shown and the function fails.
 fuzz_run() {
   local crate=$1 target=$2 seconds=$3 log=$4 status=0
-  (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+  (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir "$FUZZ_TARGET_DIR" "$target" -- \
     -max_total_time="$seconds" -max_len=131072 -print_final_stats=0) >"$log" 2>&1 || status=$?
   if [ "$status" -ne 0 ]; then
     tail -n 40 "$log" >&2
@@ -65,10 +69,22 @@ fuzz_all() {
   echo "test.sh: fuzzed $fuzzed targets (${seconds}s each) in $*"
 }
 
+# Prints how long the stage named $1 took since the previous call.
+stage_done() {
+  local now
+  now=$(date +%s)
+  echo "test.sh: $1: $((now - stage_start)) s (total $((now - test_start)) s)"
+  stage_start=$now
+}
+
 # `source scripts/test.sh` defines the functions above and runs nothing.
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
+test_start=$(date +%s)
+stage_start=$test_start
+
 cd "$(dirname "$0")/.."
+FUZZ_TARGET_DIR="$PWD/target/fuzz"
 scripts/setup-host.sh
 # sev-snp-measure (PyPI), the reference of the SNP launch-digest tests.
 scripts/setup-python-refs.sh
@@ -77,29 +93,39 @@ scripts/fetch-boot-deps.sh >/dev/null
 # A Debian minbase tree for the e2fsck test on a real distribution tree.
 COCOS_MINBASE="$(scripts/minbase-tree.sh)"
 export COCOS_MINBASE
+stage_done setup
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+stage_done "fmt and clippy"
+# One build of every target: the tests, and the binaries that the image
+# scripts and the end-to-end tests use (COCOS_BIN_DIR), with one feature set,
+# so no crate is compiled twice.
+cargo build --workspace --all-targets --locked
+stage_done build
 cargo test --workspace --locked
+stage_done "workspace tests"
 # The runner's docker algorithms, against a real Docker Engine (started here
 # when none answers).
 agent/runner/tests/docker-setup.sh
 cargo test --locked -p cocos-runner --test docker -- --ignored
+stage_done "docker tests"
 
 # End to end: build the development image (cocos-init, its initramfs, a
 # busybox root) and boot it under QEMU, plain and attacked.
 e2e_dir="$PWD/target/e2e-image"
-PROFILE=dev scripts/dev-image.sh "$e2e_dir" >/dev/null
+COCOS_BIN_DIR="$PWD/target/debug" scripts/dev-image.sh "$e2e_dir" >/dev/null
 COCOS_E2E_DIR="$e2e_dir" cargo test --locked -p cocos-e2e --test boot -- --ignored --test-threads=1
+stage_done "boot tests"
 # The whole job: the agent image (Debian, systemd, the services) runs a
 # binary, a Python and a Wasm computation sent by cocos-cli.
 agent_dir="$PWD/target/e2e-agent"
-PROFILE=dev scripts/agent-image.sh "$agent_dir" >/dev/null
-cargo build --locked -p cocos-cli
+COCOS_BIN_DIR="$PWD/target/debug" scripts/agent-image.sh "$agent_dir" >/dev/null
 CLI="$PWD/target/debug/cocos-cli" COCOS_AGENT_E2E_DIR="$agent_dir" \
   cargo test --locked -p cocos-e2e --test agent -- --ignored --test-threads=1
+stage_done "agent tests"
 
-fuzz_seconds="${FUZZ_SECONDS:-30}"
+fuzz_seconds="${FUZZ_SECONDS:-15}"
 if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
   # cargo fuzz needs nightly flags (-Zsanitizer); the stable toolchain
@@ -153,5 +179,6 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   log_dir="$PWD/target/fuzz-logs"
   mkdir -p "$log_dir"
   mkdir -p "$log_dir/agent" && fuzz_all "$fuzz_seconds" "$log_dir" measure imgbuild initrd agent/manifest agent/logfwd agent/cvms
+  stage_done fuzzing
 fi
 echo "test.sh: all tests passed"
