@@ -229,6 +229,30 @@ async fn data_sends_a_file_under_its_basename_signed_for_its_hash() {
         agent.calls.lock().unwrap()[1].values("decompress"),
         ["true"]
     );
+
+    // --json: one object naming what was sent, with python's SHA3-256.
+    let out = run(
+        &strings(&[
+            "data",
+            "sub/iris.csv",
+            "--json",
+            "--key",
+            key.private.to_str().unwrap(),
+            "--computation",
+            ID,
+        ]),
+        &plain(addr),
+        d,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(v["dataset"], "iris.csv");
+    assert_eq!(v["bytes"], (MIB + 5) as u64);
+    assert_eq!(v["sha3_256"], python_sha3(&d.join("sub/iris.csv")));
+    assert_eq!(v["decompress"], false);
+    assert!(v["hash_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(v["transfer_seconds"].as_f64().unwrap() > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -519,6 +543,29 @@ async fn result_writes_exactly_the_streamed_bytes_and_prints_the_path() {
         std::fs::read(d.join("results.zip")).unwrap(),
         chunks.concat()
     );
+
+    // --json: the path, the bytes received and the download's duration.
+    let out = run(
+        &strings(&[
+            "result",
+            "--json",
+            "--key",
+            key.private.to_str().unwrap(),
+            "--computation",
+            ID,
+            "-o",
+            "out/j.zip",
+        ]),
+        &plain(addr),
+        d,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let path = d.join("out/j.zip").canonicalize().unwrap();
+    assert_eq!(v["path"], path.display().to_string());
+    assert_eq!(v["bytes"], total as u64);
+    assert!(v["transfer_seconds"].as_f64().unwrap() > 0.0);
 }
 
 async fn result_fails_cleanly(file_size: &str, chunks: Vec<Vec<u8>>, expect: &str) {

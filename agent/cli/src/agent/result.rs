@@ -25,6 +25,10 @@ pub struct ResultArgs {
     /// download goes to a temporary file beside it, renamed at the end.
     #[arg(short, long, default_value = "results.zip", value_name = "FILE")]
     output: PathBuf,
+    /// Print one JSON object (the file, its size, the seconds the download
+    /// took) instead of the path.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
@@ -70,6 +74,7 @@ pub async fn run(a: &ResultArgs) -> anyhow::Result<ExitCode> {
     // removed on every path that does not persist it.
     let mut tmp = temp_beside(&a.output)?;
 
+    let transfer = std::time::Instant::now();
     let channel = connect(endpoint, &addr).await?;
     let mut request = tonic::Request::new(ResultRequest {});
     signer.sign_into(request.metadata_mut(), Rpc::Result, "", None, None)?;
@@ -122,7 +127,19 @@ pub async fn run(a: &ResultArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(&a.output)
         .with_context(|| format!("renaming the download to {}", a.output.display()))?;
+    let transfer_seconds = transfer.elapsed().as_secs_f64();
     let shown = a.output.canonicalize().unwrap_or_else(|_| a.output.clone());
-    println!("{}", shown.display());
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "path": shown.display().to_string(),
+                "bytes": received,
+                "transfer_seconds": transfer_seconds,
+            })
+        );
+    } else {
+        println!("{}", shown.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use cocos_auth::Rpc;
@@ -39,6 +40,10 @@ pub struct AlgoArgs {
         allow_hyphen_values = true
     )]
     args: Vec<String>,
+    /// Print one JSON object (what was sent, its SHA3-256, and the seconds
+    /// spent hashing and transferring) instead of the sentence.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
@@ -57,6 +62,10 @@ pub struct DataArgs {
     /// directory: metadata `decompress` = `true`. Implied for a directory.
     #[arg(long, short = 'd')]
     decompress: bool,
+    /// Print one JSON object (what was sent, its SHA3-256, and the seconds
+    /// spent hashing and transferring) instead of the sentence.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     sign: SignArgs,
     #[command(flatten)]
@@ -116,11 +125,13 @@ pub async fn algo(a: &AlgoArgs) -> anyhow::Result<ExitCode> {
     for (i, arg) in a.args.iter().enumerate() {
         ascii(arg).with_context(|| format!("--args number {}", i + 1))?;
     }
+    let hashing = Instant::now();
     let payload = hash(a.file.clone()).await?;
     let requirements = match &a.requirements {
         Some(r) => Some(hash(r.clone()).await?),
         None => None,
     };
+    let hash_seconds = hashing.elapsed().as_secs_f64();
     if let Some(m) = &signer.manifest {
         if m.algorithm.hash != payload {
             return Err(Failure::Manifest(format!(
@@ -171,6 +182,7 @@ pub async fn algo(a: &AlgoArgs) -> anyhow::Result<ExitCode> {
     });
     signed.push((a.file.as_path(), payload));
 
+    let transfer = Instant::now();
     let channel = connect(endpoint, &addr).await?;
     let bar = progress(Some(total), "algorithm");
     let (stream, task) = spawn_reader(parts, bar.clone());
@@ -188,12 +200,27 @@ pub async fn algo(a: &AlgoArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     check_sent(task, &signed).await?;
     result.map_err(|s| Failure::from_status(&s, &addr))?;
-    println!(
-        "algorithm {} uploaded: {} bytes, SHA3-256 {}",
-        a.file.display(),
-        size_of(&a.file)?,
-        hex::encode(payload)
-    );
+    let transfer_seconds = transfer.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "algorithm": a.file.display().to_string(),
+                "bytes": size_of(&a.file)?,
+                "sha3_256": hex::encode(payload),
+                "total_bytes": total,
+                "hash_seconds": hash_seconds,
+                "transfer_seconds": transfer_seconds,
+            })
+        );
+    } else {
+        println!(
+            "algorithm {} uploaded: {} bytes, SHA3-256 {}",
+            a.file.display(),
+            size_of(&a.file)?,
+            hex::encode(payload)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -251,6 +278,7 @@ pub async fn data(a: &DataArgs) -> anyhow::Result<ExitCode> {
         .map(str::to_string)
         .with_context(|| format!("{}: no UTF-8 file name", a.path.display()))?;
     // `_zip` lives until the upload ends: dropping it removes the zip.
+    let hashing = Instant::now();
     let (file, payload, decompress, _zip) = if meta.is_dir() {
         let dir = canonical.clone();
         let (tmp, digest) = tokio::task::spawn_blocking(move || zip_to_temp(&dir))
@@ -262,6 +290,7 @@ pub async fn data(a: &DataArgs) -> anyhow::Result<ExitCode> {
         let digest = hash(a.path.clone()).await?;
         (a.path.clone(), digest, a.decompress, None)
     };
+    let hash_seconds = hashing.elapsed().as_secs_f64();
     if let Some(m) = &signer.manifest {
         let Some(d) = m.datasets.iter().find(|d| d.filename == filename) else {
             let declared: Vec<_> = m.datasets.iter().map(|d| d.filename.as_str()).collect();
@@ -282,6 +311,7 @@ pub async fn data(a: &DataArgs) -> anyhow::Result<ExitCode> {
     ascii(&filename).context("the dataset's filename")?;
 
     let size = size_of(&file)?;
+    let transfer = Instant::now();
     let channel = connect(endpoint, &addr).await?;
     let bar = progress(Some(size), &filename);
     let name = filename.clone();
@@ -308,6 +338,21 @@ pub async fn data(a: &DataArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     check_sent(task, &[(file.as_path(), payload)]).await?;
     result.map_err(|s| Failure::from_status(&s, &addr))?;
+    let transfer_seconds = transfer.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dataset": filename,
+                "bytes": size,
+                "sha3_256": hex::encode(payload),
+                "decompress": decompress,
+                "hash_seconds": hash_seconds,
+                "transfer_seconds": transfer_seconds,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "dataset {filename} uploaded{}: {size} bytes, SHA3-256 {}",
         if decompress { " (to be extracted)" } else { "" },
