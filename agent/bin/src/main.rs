@@ -50,9 +50,12 @@ enum Service {
     /// The log forwarder: relays logs and events to the management
     /// service, buffering on disk while it is unreachable.
     ///
-    /// Environment: LOG_FORWARDER_SOCKET, AGENT_CVM_GRPC_URL,
-    /// AGENT_CVM_GRPC_CLIENT_CERT, AGENT_CVM_GRPC_CLIENT_KEY,
-    /// AGENT_CVM_GRPC_SERVER_CA_CERTS, AGENT_CVM_ID.
+    /// Environment: LOG_FORWARDER_CONFIG_FILE (JSON: every field of the
+    /// forwarder's configuration), LOG_FORWARDER_BUFFER_DIR (the on-disk
+    /// buffer, default /cocos/log-buffer), LOG_FORWARDER_SOCKET,
+    /// AGENT_CVM_GRPC_URL, AGENT_CVM_GRPC_CLIENT_CERT,
+    /// AGENT_CVM_GRPC_CLIENT_KEY, AGENT_CVM_GRPC_SERVER_CA_CERTS,
+    /// AGENT_CVM_ID.
     LogForwarder,
     /// The ingress proxy: TLS (or mTLS) on port 7002 to the agent's socket.
     ///
@@ -120,6 +123,27 @@ fn runner_config() -> anyhow::Result<cocos_runner::RunnerConfig> {
     if let Some(v) = env_var("RUNNER_EGRESS_PROXY") {
         config.egress_proxy = Some(v);
     }
+    Ok(config)
+}
+
+/// The log forwarder's configuration: `LOG_FORWARDER_CONFIG_FILE` (JSON)
+/// or the defaults, with `LOG_FORWARDER_BUFFER_DIR`, `LOG_FORWARDER_SOCKET`
+/// and the `AGENT_CVM_*` variables over it.
+fn log_forwarder_config() -> anyhow::Result<cocos_logfwd::Config> {
+    let mut config = match env_var("LOG_FORWARDER_CONFIG_FILE") {
+        Some(path) => {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {path}"))?
+        }
+        None => cocos_logfwd::Config::default(),
+    };
+    if let Some(v) = env_var("LOG_FORWARDER_BUFFER_DIR") {
+        config.buffer.dir = PathBuf::from(v);
+    }
+    if let Some(v) = env_var("LOG_FORWARDER_SOCKET") {
+        config.socket_path = PathBuf::from(v);
+    }
+    config.upstream.apply_env(|key| std::env::var(key).ok());
     Ok(config)
 }
 
@@ -194,7 +218,7 @@ async fn run(service: Service) -> anyhow::Result<()> {
             cocos_runner::serve(config, &socket, Arc::new(ForwardOutput(logs))).await?;
         }
         Service::LogForwarder => {
-            let config = cocos_logfwd::Config::from_env();
+            let config = log_forwarder_config().context("log forwarder configuration")?;
             config.validate().context("log forwarder configuration")?;
             cocos_logfwd::serve(config).await?;
         }
